@@ -1,0 +1,185 @@
+"""Check user input before anything is written.
+
+pg_cron validates a schedule only when ``cron.schedule`` runs, and pg_cron 1.4
+accepts strings that are not five-field cron expressions (a sixth field is
+silently read as something else). Kronos stores the expression on the job row
+too, so the expression, the time zone and the workspace name are checked here,
+in Python, before the first statement of an operation.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from functools import lru_cache
+
+from kronos.errors import InvalidSchedule, InvalidTimeZone, InvalidWorkspace
+
+__all__ = [
+    "MAX_WORKSPACE_BYTES",
+    "validate_cron_expression",
+    "validate_time_zone",
+    "validate_workspace_name",
+]
+
+# A pg_cron job name is of type ``name`` (at most 63 bytes) and Kronos names it
+# ``kronos_<schema>_<job id>``. A job id has at most 19 digits, so a schema of
+# more than 63 - len("kronos_") - len("_") - 19 = 36 bytes could be truncated
+# into another job's name. Longer workspace names are refused for that reason.
+MAX_WORKSPACE_BYTES = 36
+
+_RESERVED_SCHEMAS = frozenset(
+    {"public", "cron", "information_schema", "fault_injection", "kronos"}
+)
+
+_MACROS = frozenset(
+    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+)
+
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun",
+           "jul", "aug", "sep", "oct", "nov", "dec"]
+_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+
+# (field name, lowest, highest, names that stand for numbers)
+_FIELDS = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, {name: i + 1 for i, name in enumerate(_MONTHS)}),
+    ("day of week", 0, 7, {name: i for i, name in enumerate(_DAYS)}),
+)
+
+_ITEM = re.compile(r"^(?P<range>\*|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/(?P<step>[0-9]+))?$")
+
+
+def validate_cron_expression(expression: object) -> str:
+    """Return the expression unchanged if it is a five-field cron expression.
+
+    Accepted: five fields separated by spaces, each a comma-separated list of
+    ``*``, ``n`` or ``n-m`` with an optional ``/step``; month and weekday
+    names; and the macros ``@hourly``, ``@daily``, ``@weekly``, ``@monthly``,
+    ``@yearly``. Refused with :class:`InvalidSchedule`: anything else,
+    including six-field expressions, pg_cron's ``N seconds`` intervals and
+    ``@reboot``, which Kronos jobs do not use.
+    """
+    if not isinstance(expression, str):
+        raise InvalidSchedule(
+            f"cron expression must be a string, got {type(expression).__name__}"
+        )
+    text = expression.strip()
+    if text != expression or not text:
+        raise InvalidSchedule(
+            f"cron expression {expression!r} is empty or has surrounding spaces"
+        )
+    if text.startswith("@"):
+        if text.lower() not in _MACROS:
+            raise InvalidSchedule(
+                f"cron expression {expression!r}: unknown macro; "
+                f"use one of {', '.join(sorted(_MACROS))}"
+            )
+        return expression
+
+    fields = text.split()
+    if len(fields) != 5:
+        raise InvalidSchedule(
+            f"cron expression {expression!r} has {len(fields)} fields; "
+            "Kronos needs exactly five: minute hour day-of-month month day-of-week"
+        )
+    for value, (field, low, high, names) in zip(fields, _FIELDS):
+        _check_field(expression, value.lower(), field, low, high, names)
+    return expression
+
+
+def _check_field(
+    expression: str, value: str, field: str, low: int, high: int, names: dict
+) -> None:
+    for item in value.split(","):
+        match = _ITEM.match(item)
+        if match is None:
+            raise InvalidSchedule(
+                f"cron expression {expression!r}: {field} item {item!r} is not "
+                "'*', 'n', 'n-m', optionally followed by '/step'"
+            )
+
+        step = match.group("step")
+        if step is not None and not 1 <= int(step) <= high:
+            raise InvalidSchedule(
+                f"cron expression {expression!r}: {field} step {step} is "
+                f"outside 1-{high}"
+            )
+
+        bounds = match.group("range")
+        if bounds == "*":
+            continue
+        if step is not None and "-" not in bounds:
+            raise InvalidSchedule(
+                f"cron expression {expression!r}: {field} item {item!r} puts a "
+                "step after a single value; write '*/step' or 'n-m/step'"
+            )
+        numbers = [_number(expression, part, field, low, high, names)
+                   for part in bounds.split("-")]
+        if len(numbers) == 2 and numbers[0] > numbers[1]:
+            raise InvalidSchedule(
+                f"cron expression {expression!r}: {field} range {bounds} runs "
+                "backwards"
+            )
+
+
+def _number(
+    expression: str, part: str, field: str, low: int, high: int, names: dict
+) -> int:
+    if part in names:
+        return names[part]
+    if not part.isdigit() or len(part) > 2:
+        raise InvalidSchedule(
+            f"cron expression {expression!r}: {field} value {part!r} is not a "
+            f"number in {low}-{high}"
+        )
+    number = int(part)
+    if not low <= number <= high:
+        raise InvalidSchedule(
+            f"cron expression {expression!r}: {field} value {number} is outside "
+            f"{low}-{high}"
+        )
+    return number
+
+
+@lru_cache(maxsize=1)
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def validate_time_zone(name: object) -> str:
+    """Return ``name`` if it is an IANA time zone such as ``Europe/Paris``."""
+    if not isinstance(name, str) or name not in _time_zones():
+        raise InvalidTimeZone(
+            f"unknown time zone {name!r}; use an IANA name such as 'UTC' or "
+            "'Europe/Paris'"
+        )
+    return name
+
+
+def validate_workspace_name(name: object) -> str:
+    """Return ``name`` if it can be a workspace schema.
+
+    Any printable text works, quotes and spaces included, because every
+    identifier is quoted by psycopg; what is refused is what PostgreSQL or the
+    pg_cron job name cannot hold (see :data:`MAX_WORKSPACE_BYTES`).
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidWorkspace("workspace name must be a non-empty string")
+    size = len(name.encode("utf-8"))
+    if size > MAX_WORKSPACE_BYTES:
+        raise InvalidWorkspace(
+            f"workspace name {name!r} is {size} bytes; the limit is "
+            f"{MAX_WORKSPACE_BYTES} so that its pg_cron job names fit in 63 bytes"
+        )
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise InvalidWorkspace(
+            f"workspace name {name!r} contains a control character"
+        )
+    if name.lower().startswith("pg_") or name in _RESERVED_SCHEMAS:
+        raise InvalidWorkspace(
+            f"workspace name {name!r} is reserved; pick another schema name"
+        )
+    return name
