@@ -99,8 +99,8 @@ def format_report(found: pd.DataFrame) -> str:
     if found.empty:
         return "jobs and cron.job agree"
     lines = [f"{len(found)} divergence(s) between jobs and cron.job:"]
-    for number, explanation in enumerate(found["explanation"], start=1):
-        lines.append(f"  {number}. {explanation}")
+    for number, row in enumerate(found.itertuples(index=False), start=1):
+        lines.append(f"  {number}. {row.kind}: {row.explanation}")
     return "\n".join(lines)
 
 
@@ -150,12 +150,18 @@ def _cron_entries(conn: psycopg.Connection, scope: list[str] | None) -> pd.DataF
             "shared_preload_libraries and cron.database_name)"
         )
 
-    rows = conn.execute(
-        "SELECT jobid, jobname, schedule, command, active FROM cron.job"
-        " WHERE jobname LIKE 'kronos\\_%%' AND database = current_database()"
-        " ORDER BY jobid",
-        [],
-    ).fetchall()
+    try:
+        rows = conn.execute(
+            "SELECT jobid, jobname, schedule, command, active FROM cron.job"
+            " WHERE jobname LIKE 'kronos\\_%%' AND database = current_database()"
+            " ORDER BY jobid",
+            [],
+        ).fetchall()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise EnvironmentProblem(
+            f"role {conn.info.user!r} cannot read cron.job ({exc}); grant it USAGE "
+            "on schema cron, and BYPASSRLS to see other roles' entries"
+        ) from exc
 
     records = []
     for jobid, jobname, schedule, command, active in rows:
