@@ -3,10 +3,12 @@
 Installed with the package and loaded through the ``pytest11`` entry point, so
 any project's tests can use them without copying code:
 
-* ``kronos_dsn``: the database (``--kronos-dsn`` / ``KRONOS_DSN``, else an
-  embedded server started once per session);
-* ``kronos_server``: the :class:`~kronos.server.EmbeddedServer`, or skip-free
-  ``None`` when a DSN was given;
+* ``kronos_backend``: the :class:`~kronos.backends.Backend` of the session,
+  chosen by ``--kronos-backend`` / ``KRONOS_BACKEND`` (``dsn``, ``embedded``,
+  the default, or ``testcontainers``) and ``--kronos-dsn`` / ``KRONOS_DSN``;
+* ``kronos_dsn``: its DSN, which every other fixture connects to;
+* ``kronos_server``: the :class:`~kronos.server.EmbeddedServer` for the
+  embedded backend (it can crash and restart), ``None`` for the others;
 * ``kronos_observer``: an autocommit connection used only to look;
 * ``kronos_workspace``: a fresh workspace per test, dropped afterwards;
 * ``kronos_endpoint``: an endpoint in that workspace;
@@ -22,6 +24,7 @@ any project's tests can use them without copying code:
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,20 +33,30 @@ import psycopg
 import pytest
 
 from fault_injection import ArmedFault, FaultInjector, FaultyConnection
+from kronos.backends import BACKENDS, Backend, resolve_backend
 from kronos.checker import assert_in_sync
 from kronos.targets import Target, resolve_target
 from kronos.workspace import Endpoint, add_endpoint, create_workspace, drop_workspace
 
 __all__: list[str] = []
 
+logger = logging.getLogger(__name__)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kronos", "Kronos job table / pg_cron verification")
     group.addoption(
+        "--kronos-backend",
+        choices=BACKENDS,
+        default=None,
+        help="Where the database comes from: dsn, embedded or testcontainers "
+        "(env KRONOS_BACKEND; default dsn when a DSN is given, else embedded).",
+    )
+    group.addoption(
         "--kronos-dsn",
-        default=os.environ.get("KRONOS_DSN"),
-        help="PostgreSQL with pg_cron to test against (default: an embedded "
-        "server; env KRONOS_DSN).",
+        default=None,
+        help="PostgreSQL with pg_cron to test against, for the dsn backend "
+        "(env KRONOS_DSN).",
     )
     group.addoption(
         "--kronos-target",
@@ -53,28 +66,77 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def kronos_server(request: pytest.FixtureRequest) -> Iterator[object | None]:
-    """The embedded server of this session, or ``None`` when a DSN was given."""
-    if request.config.getoption("--kronos-dsn"):
-        yield None
-        return
-    from kronos.server import EmbeddedServer
+class _BackendHolder:
+    """Starts the session's backend once, on first need, and remembers a failure.
 
-    server = EmbeddedServer().start()
+    The report header starts it, so the versions show before any test runs; a
+    backend that cannot start is reported there and raised again by every
+    fixture that needs it, so those tests error with the reason, never skip.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+        self._backend: Backend | None = None
+        self._error: Exception | None = None
+
+    def get(self) -> Backend:
+        if self._backend is not None:
+            return self._backend
+        if self._error is not None:
+            raise self._error
+        try:
+            self._backend = resolve_backend(
+                self._config.getoption("--kronos-backend"),
+                self._config.getoption("--kronos-dsn"),
+            )
+        except Exception as exc:
+            self._error = exc
+            raise
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+_HOLDER = pytest.StashKey[_BackendHolder]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_HOLDER] = _BackendHolder(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    holder = config.stash.get(_HOLDER, None)
+    if holder is not None:
+        holder.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
     try:
-        yield server
-    finally:
-        server.stop()
+        return "kronos backend: " + config.stash[_HOLDER].get().describe()
+    except Exception as exc:
+        logger.debug("the backend did not start for the header", exc_info=True)
+        return f"kronos backend: NOT AVAILABLE: {exc}"
 
 
 @pytest.fixture(scope="session")
-def kronos_dsn(request: pytest.FixtureRequest, kronos_server: object | None) -> str:
+def kronos_backend(request: pytest.FixtureRequest) -> Backend:
+    """The session's database backend: kind, DSN, server and pg_cron versions."""
+    return request.config.stash[_HOLDER].get()
+
+
+@pytest.fixture(scope="session")
+def kronos_server(kronos_backend: Backend) -> object | None:
+    """The embedded server of this session (crash, restart); ``None`` otherwise."""
+    return kronos_backend.server
+
+
+@pytest.fixture(scope="session")
+def kronos_dsn(kronos_backend: Backend) -> str:
     """The DSN every other fixture connects to."""
-    given = request.config.getoption("--kronos-dsn")
-    if given:
-        return str(given)
-    return kronos_server.dsn  # type: ignore[union-attr]
+    return kronos_backend.dsn
 
 
 @pytest.fixture
