@@ -271,14 +271,31 @@ def _check_can_manage(conn: psycopg.Connection, where: str) -> None:
             f"at {where}: {str(exc).strip()}. " + _GRANTS_HINT.format(role=role)
         ) from exc
 
-    can_create = _one(
-        conn, "SELECT has_database_privilege(current_database(), 'CREATE')"
-    )
-    if not can_create:
+    if not _flag(conn, "SELECT has_database_privilege(current_database(), 'CREATE')"):
         raise EnvironmentProblem(
             f"role {role!r} cannot create schemas in database {database!r} at "
             f"{where}, and every test works in a workspace schema of its own. "
             f"Run as a superuser: GRANT CREATE ON DATABASE {database} TO {role};"
+        )
+
+    # Workspaces are listed in public.workspaces (kronos.workspace), created on
+    # first use; PostgreSQL 15 no longer lets every role create in public.
+    if _flag(conn, "SELECT to_regclass('public.workspaces') IS NOT NULL"):
+        usable = _flag(
+            conn,
+            "SELECT bool_and(has_table_privilege('public.workspaces', p))"
+            " FROM unnest(ARRAY['SELECT', 'INSERT', 'DELETE']) AS p",
+        )
+        missing = "SELECT, INSERT and DELETE on public.workspaces"
+        grant = f"GRANT SELECT, INSERT, DELETE ON public.workspaces TO {role};"
+    else:
+        usable = _flag(conn, "SELECT has_schema_privilege('public', 'CREATE')")
+        missing = "CREATE on schema public, to make the registry public.workspaces"
+        grant = f"GRANT CREATE ON SCHEMA public TO {role};"
+    if not usable:
+        raise EnvironmentProblem(
+            f"role {role!r} lacks {missing} in database {database!r} at {where}. "
+            f"Run as a superuser: {grant}"
         )
 
 
@@ -286,6 +303,11 @@ def _one(conn: psycopg.Connection, query: str) -> str:
     row = conn.execute(query).fetchone()
     assert row is not None
     return "" if row[0] is None else str(row[0])
+
+
+def _flag(conn: psycopg.Connection, query: str) -> bool:
+    row = conn.execute(query).fetchone()
+    return bool(row is not None and row[0])
 
 
 def _where(dsn: str) -> str:
