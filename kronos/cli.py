@@ -12,6 +12,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from kronos.backends import BACKENDS
 from kronos.errors import KronosError
 
 logger = logging.getLogger(__name__)
@@ -25,28 +26,13 @@ def _console() -> Console:
 
 
 @contextlib.contextmanager
-def _database(dsn: str | None, console: Console) -> Iterator[str]:
-    """The DSN given, or the DSN of an embedded server started for the run."""
-    if dsn:
-        yield dsn
-        return
-    from kronos.server import EmbeddedServer
+def _database(backend: str | None, dsn: str | None, console: Console) -> Iterator[str]:
+    """The DSN of the chosen backend (kronos.backends), with its line printed."""
+    from kronos.backends import resolve_backend
 
-    with EmbeddedServer() as server:
-        console.print(
-            f"[dim]embedded PostgreSQL {server.server_version} with pg_cron "
-            f"{server.pg_cron_version} on 127.0.0.1:{server.port}[/dim]"
-        )
-        yield server.dsn
-
-
-def _backend_line(dsn: str) -> str:
-    with psycopg.connect(dsn) as conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]
-        cron = conn.execute(
-            "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'"
-        ).fetchone()
-    return f"PostgreSQL {version}, pg_cron {cron[0] if cron else 'not installed'}"
+    with resolve_backend(backend, dsn) as chosen:
+        console.print(f"[dim]backend {chosen.describe()}[/dim]")
+        yield chosen.dsn
 
 
 @click.group()
@@ -70,11 +56,18 @@ def main(verbose: int) -> None:
     show_default=True,
     help="atomic, legacy or package.module:object; repeat for several.",
 )
-@click.option("--dsn", envvar="KRONOS_DSN", help="Use this server, not an embedded one.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    envvar="KRONOS_BACKEND",
+    help="dsn, embedded or testcontainers [default: dsn with --dsn, else embedded].",
+)
+@click.option("--dsn", envvar="KRONOS_DSN", help="Use this server (dsn backend).")
 @click.option("--fault", "faults", multiple=True, help="Only these fault points.")
 @click.option("--operation", "operations", multiple=True, help="Only these operations.")
 def matrix(
     targets: tuple[str, ...],
+    backend: str | None,
     dsn: str | None,
     faults: tuple[str, ...],
     operations: tuple[str, ...],
@@ -87,8 +80,7 @@ def matrix(
     console = _console()
     try:
         resolved = [resolve_target(name) for name in targets]
-        with _database(dsn, console) as url:
-            console.print(f"[dim]backend: {_backend_line(url)}[/dim]")
+        with _database(backend, dsn, console) as url:
             result = run_matrix(
                 url,
                 resolved,
@@ -147,10 +139,14 @@ def faults() -> None:
 @click.option("--schema", "schemas", multiple=True, help="Only these workspaces.")
 def check(dsn: str, schemas: tuple[str, ...]) -> None:
     """Report every divergence in a database (read-only). Exit 1 if any."""
+    from kronos.backends import resolve_backend
     from kronos.checker import find_divergences
 
     console = _console()
     try:
+        # Read-only: check pg_cron is there, but do not probe scheduling rights.
+        with resolve_backend("dsn", dsn, manage=False) as backend:
+            console.print(f"[dim]backend {backend.describe()}[/dim]")
         with psycopg.connect(dsn, autocommit=True) as conn:
             found = find_divergences(conn, schemas or None)
     except (KronosError, psycopg.OperationalError) as exc:

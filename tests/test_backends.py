@@ -330,3 +330,30 @@ def test_a_missing_image_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -
 
     with pytest.raises(EnvironmentProblem, match=r"not in the local .*make image"):
         resolve_backend("testcontainers", environ={})
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def test_matrix_and_check_print_the_backend_line(staging: EmbeddedServer) -> None:
+    from click.testing import CliRunner
+
+    from kronos.cli import main
+
+    runner = CliRunner()
+    matrix = runner.invoke(
+        main,
+        ["matrix", "--backend", "dsn", "--dsn", staging.dsn, "--target", "atomic",
+         "--operation", "create_cron", "--fault", "schedule.before"],
+        env={"COLUMNS": "200"},
+    )
+    check = runner.invoke(main, ["check", "--dsn", staging.dsn])
+
+    expected = (
+        f"backend dsn: PostgreSQL {staging.server_version}, pg_cron "
+        f"{staging.pg_cron_version} (postgres@127.0.0.1:{staging.port}/kronos)"
+    )
+    assert matrix.exit_code == 0, matrix.output
+    assert expected in matrix.output
+    assert check.exit_code == 0, check.output
+    assert expected in check.output
