@@ -17,7 +17,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "plugin_user"
 EXPECTED_TESTS = 5
 
 
-def _run_example(*args: str, env: dict[str, str] | None = None) -> str:
+def _run_example(
+    *args: str, env: dict[str, str] | None = None, expect_ok: bool = True
+) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=EXAMPLE,
@@ -28,7 +30,10 @@ def _run_example(*args: str, env: dict[str, str] | None = None) -> str:
         check=False,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"the example project failed:\n{output}"
+    if expect_ok:
+        assert result.returncode == 0, f"the example project failed:\n{output}"
+    else:
+        assert result.returncode == 1, f"the example project should fail:\n{output}"
     return output
 
 
@@ -36,7 +41,11 @@ def test_the_example_passes_with_the_plugin_from_its_entry_point() -> None:
     output = _run_example()
 
     assert re.search(rf"\b{EXPECTED_TESTS} passed\b", output), output
-    assert "kronos backend: " in output
+    assert re.search(
+        r"kronos backend: (dsn|embedded|testcontainers): "
+        r"PostgreSQL \d+\.\d+, pg_cron \S+ \(",
+        output,
+    ), output
     assert "failed" not in output
 
 
@@ -46,3 +55,20 @@ def test_the_example_passes_with_the_plugin_named_on_the_command_line() -> None:
     )
 
     assert re.search(rf"\b{EXPECTED_TESTS} passed\b", output), output
+
+
+def test_a_backend_that_cannot_start_errors_every_test_that_needs_it() -> None:
+    output = _run_example(
+        "-q",
+        "-rE",
+        env={
+            "KRONOS_BACKEND": "dsn",
+            "KRONOS_DSN": "host=127.0.0.1 port=1 dbname=app user=app",
+        },
+        expect_ok=False,
+    )
+
+    # One test needs no database (it only resolves the target) and passes.
+    assert re.search(rf"\b1 passed, {EXPECTED_TESTS - 1} errors\b", output), output
+    assert "cannot connect to app@127.0.0.1:1/app" in output
+    assert "skipped" not in output
