@@ -105,9 +105,8 @@ def start_container(
 def _require_image(image: str) -> None:
     """Fail with the way to build the image unless the engine has it locally."""
     try:
+        from docker.client import from_env
         from docker.errors import DockerException, ImageNotFound
-
-        import docker
     except ImportError as exc:
         raise EnvironmentProblem(
             "the testcontainers backend needs the testcontainers package: "
@@ -115,7 +114,7 @@ def _require_image(image: str) -> None:
         ) from exc
 
     try:
-        client = docker.from_env()
+        client = from_env()
     except DockerException as exc:
         raise EnvironmentProblem(
             f"cannot reach a Docker engine: {exc}. " + _DOCKER_HINT
