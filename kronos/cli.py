@@ -163,3 +163,37 @@ def check(dsn: str, schemas: tuple[str, ...]) -> None:
                       row.explanation)
     console.print(table)
     sys.exit(1)
+
+
+@main.command()
+@click.option("--dsn", envvar="KRONOS_DSN", help="Use this server (default: embedded).")
+@click.option("--port", type=int, default=8888, show_default=True, help="Lab port.")
+@click.argument("directory", default="notebooks")
+def lab(dsn: str | None, port: int, directory: str) -> None:
+    """Open JupyterLab on the notebooks, with a database ready in KRONOS_DSN.
+
+    The server lives as long as JupyterLab does; the notebooks read its DSN
+    from the environment, so they run unchanged.
+    """
+    import os
+    import subprocess
+
+    console = _console()
+    command = [
+        sys.executable, "-m", "jupyterlab", directory,
+        "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
+    ]
+    if os.geteuid() == 0:
+        command.append("--allow-root")  # Jupyter refuses root without it
+    try:
+        with _database(None, dsn, console) as url:
+            console.print(f"KRONOS_DSN={url}")
+            env = {**os.environ, "KRONOS_DSN": url}
+            subprocess.run(command, env=env, check=False)
+    except KronosError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise click.ClickException(
+            f"cannot start JupyterLab ({exc}); install the dev extra: "
+            "pip install -e '.[dev]'"
+        ) from exc

@@ -248,7 +248,7 @@ def parse_steps(text: str) -> list[Step]:
     JSON is a list of step dicts (or ``{"steps": [...]}``). In a Hypothesis
     program, ``x = state.rule(...)`` names the job the rule returns ``x``, and
     lines that are not rule calls (``state = Machine()``, ``state.teardown()``,
-    report text) are skipped.
+    invariant checks such as ``state.in_sync()``, report text) are skipped.
     """
     stripped = text.strip()
     if not stripped:
@@ -528,6 +528,10 @@ def _hypothesis_line(line: str) -> Step | None:
         return None
 
     op = _RULE_NAMES.get(rule, rule)
+    if op not in OPS and not call.args and not call.keywords and alias is None:
+        # Hypothesis prints each invariant it checks as ``state.<name>()``.
+        logger.debug("skipping %s: an invariant check, not an operation", line)
+        return None
     data: dict[str, Any] = {"op": op}
     for keyword in call.keywords:
         key = _ARG_NAMES.get(keyword.arg or "", keyword.arg)
