@@ -144,9 +144,20 @@ def test_commit_before_rolls_back_the_whole_operation(
     assert kronos_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
-def test_commit_before_needs_the_connection_it_strikes(kronos_arm) -> None:
-    with pytest.raises(KronosUsageError, match="connection="):
-        kronos_arm("commit.before")
+def test_commit_before_strikes_only_the_connection_it_was_armed_on(
+    kronos_conn, kronos_observer, kronos_workspace, kronos_endpoint, kronos_arm
+) -> None:
+    fault = kronos_arm("commit.before")
+    spec = JobSpec.cron(kronos_endpoint.id, "r", "@daily")
+
+    AtomicTarget().create_job(kronos_conn, kronos_workspace, spec)
+    assert not fault.fired, "kronos_conn is not the fault's connection"
+    with fault.connect() as struck, pytest.raises(InjectedClientFault):
+        AtomicTarget().create_job(struck, kronos_workspace, spec)
+
+    assert fault.fired and fault.where == "in the client, before COMMIT 1"
+    with pytest.raises(KronosUsageError, match="FaultyConnection"):
+        kronos_arm("commit.before", connection=kronos_observer)
 
 
 def test_unknown_points_are_refused_with_the_list(kronos_arm) -> None:
