@@ -80,12 +80,17 @@ def matrix(
     console = _console()
     try:
         resolved = [resolve_target(name) for name in targets]
-        with _database(backend, dsn, console) as url:
+        # Not _database(): server.crash needs the embedded server itself.
+        from kronos.backends import resolve_backend
+
+        with resolve_backend(backend, dsn) as chosen:
+            console.print(f"[dim]backend {chosen.describe()}[/dim]")
             result = run_matrix(
-                url,
+                chosen.dsn,
                 resolved,
                 faults=[NO_FAULT, *faults] if faults else None,
                 operations=operations or OPERATIONS,
+                server=chosen.server,
             )
     except KronosError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -98,7 +103,8 @@ def matrix(
     for row in result.table().itertuples(index=False):
         cells = [str(value) for value in row]
         styled = [
-            f"[red]{c}[/red]" if "DIVERGED" in c or "NOT FIRED" in c else c
+            f"[red]{c}[/red]" if "DIVERGED" in c or "NOT FIRED" in c
+            else f"[yellow]{c}[/yellow]" if c.startswith("REFUSED") else c
             for c in cells[2:]
         ]
         table.add_row(cells[0], cells[1], *styled)
@@ -121,7 +127,8 @@ def faults() -> None:
 
     console = _console()
     table = Table(title="fault points")
-    for column in ("point", "what happens", "mechanism", "strikes", "sqlstate"):
+    columns = ("point", "what happens", "mechanism", "strikes", "steps", "sqlstate")
+    for column in columns:
         table.add_column(column)
     for point in POINTS.values():
         table.add_row(
@@ -129,6 +136,7 @@ def faults() -> None:
             point.description,
             point.mechanism,
             ", ".join(point.strikes),
+            ", ".join(point.steps) or "-",
             point.sqlstate or "-",
         )
     console.print(table)
