@@ -181,9 +181,11 @@ def kronos_target(request: pytest.FixtureRequest) -> Target:
 
 
 @pytest.fixture(scope="session")
-def kronos_faults(kronos_dsn: str) -> Iterator[FaultInjector]:
-    """A fault injector on the test database."""
-    injector = FaultInjector(kronos_dsn)
+def kronos_faults(
+    kronos_dsn: str, kronos_server: object | None
+) -> Iterator[FaultInjector]:
+    """A fault injector on the test database (server.crash: embedded only)."""
+    injector = FaultInjector(kronos_dsn, server=kronos_server)
     try:
         yield injector
     finally:
@@ -195,13 +197,21 @@ def kronos_faults(kronos_dsn: str) -> Iterator[FaultInjector]:
 def kronos_arm(
     kronos_faults: FaultInjector,
 ) -> Iterator[Callable[..., ArmedFault]]:
-    """``kronos_arm(point, occurrence=1, connection=None)``: disarmed at teardown."""
+    """``kronos_arm(point, occurrence=1, connection=None, at=..., workspace=...)``.
+
+    Disarmed at teardown.
+    """
     armed: list[ArmedFault] = []
 
     def arm(
-        point: str, occurrence: int = 1, connection: FaultyConnection | None = None
+        point: str,
+        occurrence: int = 1,
+        connection: FaultyConnection | None = None,
+        **options: str,
     ) -> ArmedFault:
-        fault = kronos_faults.arm(point, occurrence=occurrence, connection=connection)
+        fault = kronos_faults.arm(
+            point, occurrence=occurrence, connection=connection, **options
+        )
         armed.append(fault)
         return fault
 

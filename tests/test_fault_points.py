@@ -426,3 +426,17 @@ def test_server_crash_recovers_and_the_lifecycle_goes_on(
     finally:
         with psycopg.connect(kronos_dsn, autocommit=True) as cleanup:
             drop_workspace(cleanup, workspace)
+
+
+def test_the_kronos_arm_fixture_takes_the_step_and_the_workspace(
+    kronos_arm, kronos_workspace, cron_job
+) -> None:
+    fault = kronos_arm("connection.drop", at="unschedule")
+    with fault.connect() as conn:
+        outcome = run_operation(
+            conn, lambda: ATOMIC.cancel_job(conn, kronos_workspace, cron_job.id)
+        )
+    assert outcome.sqlstate == "57P01" and fault.fired
+
+    denied = kronos_arm("permission.denied", workspace=kronos_workspace)
+    assert denied.dsn != fault.dsn and "user=" + ROLE_PREFIX in denied.dsn
