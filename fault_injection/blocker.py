@@ -66,6 +66,14 @@ class Blocker:
 
     @property
     def acted(self) -> bool:
+        """Whether the action was carried out (waits for one in progress).
+
+        The operation sees its error while the action is still running (the
+        backend dies before pg_terminate_backend returns), so a caller that
+        asks right after the error waits here for the watcher to finish.
+        """
+        if self.pid is not None and self.done is None:
+            self._thread.join(timeout=120)
         return self.done is not None
 
     def stop(self) -> None:
