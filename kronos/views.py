@@ -40,13 +40,17 @@ __all__ = [
 OUTCOMES: dict[str, str] = {
     "ok, in sync": "#c7e9c0",
     "failed, in sync": "#9ecae1",
+    "unknown, in sync": "#fdd0a2",
     "DIVERGED": "#fb6a4a",
     "NOT FIRED": "#bdbdbd",
+    "REFUSED": "#f0f0f0",
 }
 
 
 def cell_outcome(cell: Cell) -> str:
     """The cell's outcome as one of :data:`OUTCOMES`."""
+    if cell.refused:
+        return "REFUSED"
     if cell.harness_problem:
         return "NOT FIRED"
     if cell.diverged:
@@ -70,10 +74,11 @@ def style_matrix(result: MatrixResult) -> Styler:
 
     def colour(text: object) -> str:
         text = str(text)
-        for key in ("NOT FIRED", "DIVERGED"):
+        for key in ("REFUSED", "NOT FIRED", "DIVERGED"):
             if key in text:
                 return f"background-color: {OUTCOMES[key]}"
-        key = "failed, in sync" if text.startswith("failed") else "ok, in sync"
+        first = text.split()[0].rstrip(",") if text else "ok"
+        key = f"{first}, in sync" if f"{first}, in sync" in OUTCOMES else "ok, in sync"
         return f"background-color: {OUTCOMES[key]}"
 
     return table.style.map(colour, subset=result.targets).hide(axis="index")
