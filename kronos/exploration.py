@@ -41,12 +41,20 @@ from kronos.jobs import Job, JobChange, JobSpec
 from kronos.targets import Target, resolve_target
 from kronos.workspace import add_endpoint, create_workspace, drop_workspace
 
-__all__ = ["SCHEDULES", "Exploration", "explore", "machine_for"]
+__all__ = ["DEFAULT_FAULTS", "SCHEDULES", "Exploration", "explore", "machine_for"]
 
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("0 3 * * *", "*/15 * * * *", "30 6 * * 1-5", "5 4 * * *")
 NO_FAULT = "none"
+
+# The points a short search can afford: they fail fast, in this database, with
+# a known outcome (see kronos.replay.UNREPLAYABLE for the others).
+DEFAULT_FAULTS = (
+    "schedule.before", "schedule.after", "unschedule.before", "unschedule.after",
+    "commit.before", "connection.drop", "permission.denied",
+)
+_STEP_FOR = {"create_cron": "schedule", "update": "schedule", "cancel": "unschedule"}
 
 
 def machine_for(
@@ -65,7 +73,7 @@ def machine_for(
     so arming costs no new connection.
     """
     resolved = resolve_target(target)
-    chosen = list(POINTS) if faults is None else list(faults)
+    chosen = list(DEFAULT_FAULTS) if faults is None else list(faults)
 
     def faults_for(operation: str) -> st.SearchStrategy[str]:
         usable = [p for p in chosen if operation in POINTS[p].strikes]
@@ -94,7 +102,8 @@ def machine_for(
         def create_cron(self, schedule: str, fault: str) -> Any:
             spec = JobSpec.cron(self.endpoint, "explored", schedule)
             job = self._run(
-                fault, lambda: resolved.create_job(self.conn, self.workspace, spec)
+                "create_cron", fault,
+                lambda conn: resolved.create_job(conn, self.workspace, spec),
             )
             return multiple() if job is None else job.id
 
@@ -107,15 +116,16 @@ def machine_for(
         def update(self, job: int, schedule: str, fault: str) -> int:
             change = JobChange(cron_expression=schedule)
             new = self._run(
-                fault,
-                lambda: resolved.update_job(self.conn, self.workspace, job, change),
+                "update", fault,
+                lambda conn: resolved.update_job(conn, self.workspace, job, change),
             )
             return job if new is None else new.id
 
         @rule(target=jobs, job=consumes(jobs), fault=faults_for("cancel"))
         def cancel(self, job: int, fault: str) -> Any:
             done = self._run(
-                fault, lambda: resolved.cancel_job(self.conn, self.workspace, job)
+                "cancel", fault,
+                lambda conn: resolved.cancel_job(conn, self.workspace, job),
             )
             return job if done is None else multiple()
 
@@ -131,22 +141,36 @@ def machine_for(
             self.conn.close()
             self.observer.close()
 
-        def _run(self, fault: str, call: Callable[[], Job]) -> Job | None:
+        def _run(
+            self,
+            operation: str,
+            fault: str,
+            call: Callable[[psycopg.Connection], Job],
+        ) -> Job | None:
             """The job the operation returned, or ``None`` if it raised."""
-            armed = (
-                injector.arm(fault, connection=self.conn) if fault != NO_FAULT else None
-            )
+            if fault == NO_FAULT:
+                return _attempt(call, self.conn)
+            at = _STEP_FOR[operation] if POINTS[fault].steps else None
+            armed = injector.arm(fault, at=at, workspace=self.workspace)
             try:
-                return call()
-            except psycopg.Error as exc:  # a failure is an outcome, not a bug
-                logger.debug("%s failed under %s: %s", call, fault, exc)
-                return None
+                # The armed fault hands out the connection it strikes.
+                with armed.connect() as struck:
+                    return _attempt(call, struck)
             finally:
-                if armed is not None:
-                    armed.disarm()
+                armed.disarm()
 
     JobLifecycle.__name__ = JobLifecycle.__qualname__ = "JobLifecycle"
     return JobLifecycle
+
+
+def _attempt(
+    call: Callable[[psycopg.Connection], Job], conn: psycopg.Connection
+) -> Job | None:
+    try:
+        return call(conn)
+    except psycopg.Error as exc:  # a failure is an outcome, not a bug
+        logger.debug("operation failed: %s", exc)
+        return None
 
 
 @dataclass

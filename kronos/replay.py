@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "JOB_COLUMNS",
     "OPS",
+    "UNREPLAYABLE",
     "Replay",
     "Step",
     "StepResult",
@@ -54,6 +55,17 @@ logger = logging.getLogger(__name__)
 
 OPS = ("create_workspace", "add_endpoint", "create_cron", "update", "cancel")
 _JOB_OPS = ("create_cron", "update", "cancel")
+
+# Points a replay cannot reproduce: it runs in one database, never restarts the
+# server, and holds a failed step to all-or-nothing, which an unknown outcome
+# (a lost commit acknowledgement) cannot promise. The matrix covers them.
+UNREPLAYABLE = {
+    "extension.missing": "it strikes another database",
+    "server.crash": "it restarts the server",
+    "commit.ack_lost": "its outcome is unknown by design",
+}
+# Which pg_cron call a point with steps strikes, per operation.
+_STEP_FOR = {"create_cron": "schedule", "update": "schedule", "cancel": "unschedule"}
 
 # The column order of Snapshot.jobs and Snapshot.cron_entries (kronos.snapshot).
 JOB_COLUMNS = [
@@ -356,12 +368,18 @@ class _Run:
         step: Step,
     ) -> StepResult:
         before = self._snapshots(observer)
-        armed = injector.arm(step.fault, connection=conn) if step.fault else None
+        armed = self._arm(injector, step)
 
         error: BaseException | None = None
         job_id: int | None = None
         try:
-            job_id = self._apply(observer, conn, step)
+            if armed is None:
+                job_id = self._apply(observer, conn, step)
+            else:
+                # The armed fault hands out the connection it strikes (through
+                # a proxy, as another role, ...), so the step runs on that one.
+                with armed.connect() as struck:
+                    job_id = self._apply(observer, struck, step)
         except Exception as exc:  # the outcome is data here, not a failure
             error = exc
         finally:
@@ -395,8 +413,16 @@ class _Run:
             atomicity=atomicity,
         )
 
+    def _arm(self, injector: FaultInjector, step: Step) -> Any:
+        if not step.fault:
+            return None
+        point = get_point(step.fault)
+        schema = self.workspaces[step.workspace or self.workspace or ""]
+        at = _STEP_FOR[step.op] if point.steps else None
+        return injector.arm(step.fault, at=at, workspace=schema)
+
     def _apply(
-        self, observer: psycopg.Connection, conn: FaultyConnection, step: Step
+        self, observer: psycopg.Connection, conn: psycopg.Connection, step: Step
     ) -> int | None:
         if step.op == "create_workspace":
             alias = step.workspace or "w"
@@ -467,6 +493,11 @@ def _check_plan(plan: Sequence[Step]) -> None:
         where = f"step {number} ({step.describe()})"
         if step.fault is not None:
             point = get_point(step.fault)
+            if step.fault in UNREPLAYABLE:
+                raise KronosUsageError(
+                    f"{where}: {step.fault} cannot be replayed: "
+                    f"{UNREPLAYABLE[step.fault]}; the fault matrix covers it"
+                )
             if step.op not in point.strikes:
                 raise KronosUsageError(
                     f"{where}: fault {step.fault} never strikes {step.op}; it "

@@ -141,3 +141,23 @@ def test_snapshot_frames_name_every_column(kronos_observer, kronos_workspace) ->
 
     assert list(jobs.columns) == ["workspace", *JOB_COLUMNS]
     assert list(cron.columns) == ["jobid", "jobname", "schedule", "command", "active"]
+
+
+def test_a_fault_the_replay_cannot_reproduce_is_refused_with_where_to_look() -> None:
+    steps = with_setup([Step("create_cron", job="j", schedule="0 3 * * *",
+                             fault="server.crash")])
+    with pytest.raises(KronosUsageError, match="the fault matrix covers it"):
+        replay("host=unused", steps, "atomic")
+
+
+def test_a_fault_with_its_own_connection_strikes_the_step(kronos_dsn) -> None:
+    steps = with_setup([
+        Step("create_cron", job="j1", schedule="0 3 * * *"),
+        Step("cancel", job="j1", fault="connection.drop"),
+    ])
+
+    result = replay(kronos_dsn, steps, "atomic")
+
+    cancel = result.steps[-1]
+    assert cancel.fired and cancel.outcome == "failed"
+    assert result.first_divergence is None
