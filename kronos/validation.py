@@ -72,7 +72,9 @@ def validate_cron_expression(expression: object) -> str:
             f"cron expression {expression!r} is empty or has surrounding spaces"
         )
     if text.startswith("@"):
-        if text.lower() not in _MACROS:
+        # pg_cron 1.4 matches macros case-sensitively: "@DAILY" is refused by
+        # cron.schedule, so it is refused here too.
+        if text not in _MACROS:
             raise InvalidSchedule(
                 f"cron expression {expression!r}: unknown macro; "
                 f"use one of {', '.join(sorted(_MACROS))}"
@@ -164,7 +166,8 @@ def validate_workspace_name(name: object) -> str:
 
     Any printable text works, quotes and spaces included, because every
     identifier is quoted by psycopg; what is refused is what PostgreSQL or the
-    pg_cron job name cannot hold (see :data:`MAX_WORKSPACE_BYTES`).
+    pg_cron job name cannot hold (see :data:`MAX_WORKSPACE_BYTES`), and ``%``,
+    which psycopg would take for a placeholder.
     """
     if not isinstance(name, str) or not name:
         raise InvalidWorkspace("workspace name must be a non-empty string")
@@ -177,6 +180,14 @@ def validate_workspace_name(name: object) -> str:
     if any(ord(char) < 32 or ord(char) == 127 for char in name):
         raise InvalidWorkspace(
             f"workspace name {name!r} contains a control character"
+        )
+    if "%" in name:
+        # psycopg reads every % of a composed query as a placeholder, quoted
+        # identifiers included, so a schema name with % breaks each statement
+        # that passes parameters.
+        raise InvalidWorkspace(
+            f"workspace name {name!r} contains '%', which Kronos cannot quote "
+            "safely; pick a name without it"
         )
     if name.lower().startswith("pg_") or name in _RESERVED_SCHEMAS:
         raise InvalidWorkspace(
