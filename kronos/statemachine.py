@@ -175,6 +175,8 @@ class JobLifecycle(RuleBasedStateMachine):
     fault_names: ClassVar[tuple[str, ...]]
     max_workspaces: ClassVar[int] = 3
     server: ClassVar[Any] = None
+    # How often the server was crashed, over every example of this class.
+    crashes: ClassVar[int] = 0
     _session: ClassVar[_Session]
 
     def __init__(self) -> None:
@@ -369,6 +371,8 @@ class JobLifecycle(RuleBasedStateMachine):
                 armed.disarm()
         if armed is not None:
             outcome.fired = fired
+            if fired and fault == CRASH:
+                type(self).crashes += 1
 
         try:
             if conn.closed or conn.broken:
@@ -640,6 +644,7 @@ def make_state_machine(
             self._session.close()
             self.server.crash()
             self.server.restart()
+            type(self).crashes += 1
 
         # -- helpers ------------------------------------------------------------
 
@@ -690,7 +695,7 @@ def make_state_machine(
     Machine.fault_names = points
     Machine.max_workspaces = max_workspaces
     Machine.server = server
-    Machine._session = _Session(dsn)
+    Machine._session = _Session(dsn, server)
     # Keep each target's failing examples apart in Hypothesis's database.
     Machine._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
         f"kronos:{resolved.name}:{','.join(points)}".encode()
