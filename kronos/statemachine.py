@@ -59,6 +59,7 @@ from kronos.model import (
     check_versions,
     read_view,
 )
+from kronos.outcome import resolve_outcome, run_operation
 from kronos.registration import parse_cron_job_name
 from kronos.targets import Target, resolve_target
 from kronos.workspace import (
@@ -161,6 +162,7 @@ class _Outcome:
     result: Any = None
     error: BaseException | None = None
     fired: bool = False
+    resolved: str | None = None  # committed or aborted, for an unknown outcome
 
 
 class JobLifecycle(RuleBasedStateMachine):
@@ -358,42 +360,50 @@ class JobLifecycle(RuleBasedStateMachine):
         step: str,
         call: Callable[[FaultyConnection], Any],
     ) -> _Outcome:
-        """Run ``call`` under ``fault``; never raise what the call raised."""
+        """Run ``call`` under ``fault``; never raise what the call raised.
+
+        The outcome is ``ok``, ``failed`` or ``unknown`` as
+        :func:`kronos.outcome.run_operation` tells it; an unknown one (the
+        connection died with its COMMIT in flight) is resolved with
+        ``pg_xact_status`` before the database is read, so a commit still in
+        progress cannot be mistaken for one that never happened.
+        """
         armed, conn = self._arm(fault, workspace, step)
+        left_open: list[bool] = []
+
+        def guarded() -> Any:
+            try:
+                return call(conn)
+            finally:
+                if not (conn.closed or conn.broken) and (
+                    conn.info.transaction_status != TransactionStatus.IDLE
+                ):
+                    left_open.append(True)
 
         try:
-            outcome = _Outcome("ok", call(conn))
-        except Exception as exc:  # the outcome is data here, judged by the caller
-            outcome = _Outcome("failed", error=exc)
+            told = run_operation(conn, guarded)
         finally:
+            fired = armed.fired if armed is not None else False
             if armed is not None:
-                fired = armed.fired
                 armed.disarm()
-        if armed is not None:
-            outcome.fired = fired
-            if fired and fault == CRASH:
-                type(self).crashes += 1
+        if fired and fault == CRASH:
+            type(self).crashes += 1
+        lost = conn.closed or conn.broken
+        if conn is not self._session.current_conn:
+            conn.close()
+        if lost:
+            self._recover()
 
-        try:
-            if conn.closed or conn.broken:
-                # The connection died under the operation (a crash, a killed
-                # session, a lost COMMIT reply): nobody can say from here
-                # whether it committed, so the database is asked afterwards.
-                if outcome.kind == "failed":
-                    outcome.kind = "unknown"
-                self._recover()
-                return outcome
-            if conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.rollback()
-                raise DivergenceError(
-                    f"target {self.target.name} left the connection in a "
-                    "transaction; a target must commit or roll back before it "
-                    "returns or raises"
-                )
-            return outcome
-        finally:
-            if conn is not self._session.current_conn:
-                conn.close()
+        if left_open:
+            raise DivergenceError(
+                f"target {self.target.name} left the connection in a transaction; "
+                "a target must commit or roll back before it returns or raises"
+            )
+        if told.status == "unknown":
+            told = resolve_outcome(told, self._session.dsn)
+        return _Outcome(
+            told.status, told.value, told.exception, fired or lost, told.resolved
+        )
 
     def _recover(self) -> None:
         """Reconnect after a crash, restarting the server if it is still down."""
@@ -420,16 +430,17 @@ class JobLifecycle(RuleBasedStateMachine):
         after = read_view(self.observer, [workspace])[workspace]
         error = outcome.error
 
-        if outcome.kind == "unknown":
-            if after == before:
+        if outcome.kind == "unknown" and outcome.resolved != "aborted":
+            if after == before and outcome.resolved != "committed":
                 return
             assert resolve is not None, f"{what} cannot end in an unknown outcome"
             result = resolve(after)
             if result is None:
                 raise DivergenceError(
-                    f"{what} ended in an unknown outcome ({error!r}) and left a "
-                    "state that is neither the one before nor the one after:\n  "
-                    + "\n  ".join(before.differences(after))
+                    f"{what} ended in an unknown outcome ({error!r}, transaction "
+                    f"{outcome.resolved or 'unresolved'}) and left a state that is "
+                    "not the whole after-state:\n  "
+                    + "\n  ".join(before.differences(after) or ["no change"])
                 )
             apply(result)
             return
@@ -450,7 +461,7 @@ class JobLifecycle(RuleBasedStateMachine):
                     f"{what} raised {type(error).__name__}: {error}; the model "
                     f"expected {expectation.describe()}"
                 ) from error
-        elif not outcome.fired:
+        elif not outcome.fired and outcome.kind != "unknown":
             raise DivergenceError(
                 f"{what} raised {type(error).__name__}: {error} with no fault "
                 f"fired; the model expected {expectation.describe()}. An internal "
@@ -664,7 +675,11 @@ def make_state_machine(
                 added.append(JobRef(workspace, job.id))
 
             def resolve(after: WorkspaceView) -> Job | None:
-                return _new_job(before, after, workspace)
+                job = _new_job(before, after, workspace)
+                existing = self.model.existing_delayed(workspace, spec)
+                if job is None and existing is not None:
+                    return _as_job(workspace, existing)  # a repeat inserts nothing
+                return job
 
             self._judge(
                 f"create of a {spec.trigger} job under {fault}", workspace,
@@ -682,8 +697,11 @@ def make_state_machine(
             return row is not None
 
         def _namespaces(self) -> tuple[int, int]:
+            # pg_temp_N schemas appear when any session first uses a temporary
+            # table, so they are not counted.
             row = self.observer.execute(
-                "SELECT (SELECT count(*) FROM pg_namespace),"
+                "SELECT (SELECT count(*) FROM pg_namespace"
+                "        WHERE nspname NOT LIKE 'pg\\_%'),"
                 " (SELECT count(*) FROM public.workspaces)"
             ).fetchone()
             assert row is not None

@@ -40,7 +40,7 @@ def _caught(Machine: type[JobLifecycle], **changes: object) -> BaseException:
     """Run ``Machine``; return the failure Hypothesis reported after shrinking."""
     options: dict[str, object] = {
         "max_examples": 200,
-        "stateful_step_count": 8,
+        "stateful_step_count": 5,
         "report_multiple_bugs": False,
         "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
     }
