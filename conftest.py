@@ -43,7 +43,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "ci",
-    max_examples=12,
+    max_examples=20,
     stateful_step_count=10,
     derandomize=True,
     deadline=None,
