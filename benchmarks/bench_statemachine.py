@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 
 from hypothesis import HealthCheck, Phase, settings
@@ -78,14 +77,21 @@ def positive_control(dsn: str, seed: int | None) -> None:
     Machine = make_state_machine(dsn, "legacy", fault_points=_PGCRON_POINTS)
     counts = _counting(Machine)
     found_at: list[float] = []
-    teardown = Machine.teardown
+    check, judge = Machine.check_invariants, Machine._judge
 
-    def note_first_failure(self: JobLifecycle) -> None:
-        if not found_at and sys.exc_info()[0] is not None:
-            found_at.append(time.perf_counter())
-        teardown(self)
+    def noting(method):  # type: ignore[no-untyped-def]
+        def wrapper(self: JobLifecycle, *args: object) -> object:
+            try:
+                return method(self, *args)
+            except AssertionError:
+                if not found_at:
+                    found_at.append(time.perf_counter())
+                raise
 
-    Machine.teardown = note_first_failure  # type: ignore[method-assign]
+        return wrapper
+
+    Machine.check_invariants = noting(check)  # type: ignore[method-assign]
+    Machine._judge = noting(judge)  # type: ignore[method-assign]
     options = dict(
         max_examples=500, stateful_step_count=8, deadline=None, database=None,
         report_multiple_bugs=False, phases=[Phase.generate, Phase.shrink],
