@@ -7,6 +7,7 @@ target atomic or not is only how it orders these calls around its commits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -109,8 +110,7 @@ class JobSpec:
             raise InvalidJob("a job name cannot contain a NUL character")
         if not isinstance(self.endpoint_id, int) or isinstance(self.endpoint_id, bool):
             raise InvalidJob(f"endpoint_id must be an integer: {self.endpoint_id!r}")
-        if not isinstance(self.payload, Mapping):
-            raise InvalidJob("payload must be a mapping (a JSON object)")
+        _validate_payload(self.payload)
 
         if self.trigger == "CRON":
             validate_cron_expression(self.cron_expression)
@@ -123,8 +123,10 @@ class JobSpec:
                 raise InvalidJob(
                     "a DELAYED job needs run_at, a datetime with a time zone"
                 )
-            if not self.idempotency_key:
+            if not isinstance(self.idempotency_key, str) or not self.idempotency_key:
                 raise InvalidJob("a DELAYED job needs an idempotency_key")
+            if "\x00" in self.idempotency_key:
+                raise InvalidJob("an idempotency_key cannot contain a NUL character")
         elif self.run_at is not None or self.idempotency_key is not None:
             raise InvalidJob(
                 f"a {self.trigger} job takes no run_at or idempotency_key"
@@ -150,9 +152,35 @@ class JobChange:
             validate_cron_expression(self.cron_expression)
         if self.timezone is not None:
             validate_time_zone(self.timezone)
-        if self.payload is not None and not isinstance(self.payload, Mapping):
-            raise InvalidJob("payload must be a mapping (a JSON object)")
+        if self.payload is not None:
+            _validate_payload(self.payload)
         return self
+
+
+def _validate_payload(payload: object) -> None:
+    """Refuse what ``jsonb`` would refuse, before anything is written.
+
+    jsonb stores no NUL character and no NaN or infinity; left to the server,
+    they surface as internal errors instead of the caller's mistake.
+    """
+    if not isinstance(payload, Mapping):
+        raise InvalidJob("payload must be a mapping (a JSON object)")
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(f"payload is not JSON: {exc}") from exc
+    if _has_nul(payload):
+        raise InvalidJob("payload cannot contain a NUL character (\\u0000)")
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,18 @@ BAD_INPUTS = {
             c, w, JobSpec.delayed(e.id, "r", datetime(2030, 1, 1), "k")
         ),
     ),
+    "payload with a NUL character": (
+        InvalidJob,
+        lambda t, c, w, e, j: t.create_job(
+            c, w, JobSpec.immediate(e.id, "i", {"note": "a\x00b"})
+        ),
+    ),
+    "payload that is not JSON": (
+        InvalidJob,
+        lambda t, c, w, e, j: t.update_job(
+            c, w, j.id, JobChange(payload={"ratio": float("nan")})
+        ),
+    ),
     "update of a non-CRON job": (
         InvalidJob,
         lambda t, c, w, e, j: t.update_job(
