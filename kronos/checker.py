@@ -168,12 +168,19 @@ def _cron_entries(conn: psycopg.Connection, scope: list[str] | None) -> pd.DataF
         parsed = parse_cron_job_name(jobname)
         if parsed is None or (scope is not None and parsed[0] not in scope):
             continue
-        records.append((parsed[0], parsed[1], jobname, jobid, schedule, command, active))
+        records.append(
+            (parsed[0], parsed[1], jobname, jobid, schedule, command, active)
+        )
     return pd.DataFrame(
         records,
         columns=[
-            "workspace", "job_id", "jobname", "cron_jobid",
-            "schedule", "command", "active",
+            "workspace",
+            "job_id",
+            "jobname",
+            "cron_jobid",
+            "schedule",
+            "command",
+            "active",
         ],
     )
 
@@ -181,9 +188,7 @@ def _cron_entries(conn: psycopg.Connection, scope: list[str] | None) -> pd.DataF
 def _compare(
     conn: psycopg.Connection, jobs: pd.DataFrame, entries: pd.DataFrame
 ) -> pd.DataFrame:
-    status = {
-        (row.workspace, row.job_id): row.job_status for row in jobs.itertuples()
-    }
+    status = {(row.workspace, row.job_id): row.job_status for row in jobs.itertuples()}
     active = jobs[jobs["job_status"] == "ACTIVE"]
     merged = active.merge(
         entries, how="outer", on=["workspace", "job_id"], indicator="side"
@@ -197,18 +202,20 @@ def _compare(
         base = {"workspace": workspace, "job_id": job_id, "jobname": name}
 
         if row.side == "left_only":
-            found.append({
-                **base,
-                "kind": "missing schedule",
-                "job_status": "ACTIVE",
-                "cron_jobid": None,
-                "expected": row.cron_expression,
-                "actual": None,
-                "explanation": (
-                    f"{where} is ACTIVE on {row.cron_expression!r} but pg_cron has "
-                    f"no entry {name}, so it never runs"
-                ),
-            })
+            found.append(
+                {
+                    **base,
+                    "kind": "missing schedule",
+                    "job_status": "ACTIVE",
+                    "cron_jobid": None,
+                    "expected": row.cron_expression,
+                    "actual": None,
+                    "explanation": (
+                        f"{where} is ACTIVE on {row.cron_expression!r} but pg_cron has "
+                        f"no entry {name}, so it never runs"
+                    ),
+                }
+            )
             continue
 
         cron_jobid = int(row.cron_jobid)
@@ -220,54 +227,62 @@ def _compare(
                 if job_status
                 else f"there is no CRON job {job_id} in workspace {workspace!r}"
             )
-            found.append({
-                **base,
-                "kind": "orphan schedule",
-                "job_status": job_status,
-                "expected": None,
-                "actual": row.schedule,
-                "explanation": (
-                    f"pg_cron entry {name} (jobid {cron_jobid}) fires on "
-                    f"{row.schedule!r} but {why}"
-                ),
-            })
+            found.append(
+                {
+                    **base,
+                    "kind": "orphan schedule",
+                    "job_status": job_status,
+                    "expected": None,
+                    "actual": row.schedule,
+                    "explanation": (
+                        f"pg_cron entry {name} (jobid {cron_jobid}) fires on "
+                        f"{row.schedule!r} but {why}"
+                    ),
+                }
+            )
             continue
 
         base["job_status"] = "ACTIVE"
         if row.schedule != row.cron_expression:
-            found.append({
-                **base,
-                "kind": "schedule mismatch",
-                "expected": row.cron_expression,
-                "actual": row.schedule,
-                "explanation": (
-                    f"{where} is on {row.cron_expression!r} but pg_cron entry "
-                    f"{name} fires on {row.schedule!r}"
-                ),
-            })
+            found.append(
+                {
+                    **base,
+                    "kind": "schedule mismatch",
+                    "expected": row.cron_expression,
+                    "actual": row.schedule,
+                    "explanation": (
+                        f"{where} is on {row.cron_expression!r} but pg_cron entry "
+                        f"{name} fires on {row.schedule!r}"
+                    ),
+                }
+            )
         expected_command = cron_command(workspace, job_id).as_string(conn)
         if row.command != expected_command:
-            found.append({
-                **base,
-                "kind": "command mismatch",
-                "expected": expected_command,
-                "actual": row.command,
-                "explanation": (
-                    f"pg_cron entry {name} runs {row.command!r} instead of the "
-                    f"command that queues {where}"
-                ),
-            })
+            found.append(
+                {
+                    **base,
+                    "kind": "command mismatch",
+                    "expected": expected_command,
+                    "actual": row.command,
+                    "explanation": (
+                        f"pg_cron entry {name} runs {row.command!r} instead of the "
+                        f"command that queues {where}"
+                    ),
+                }
+            )
         if not bool(row.active):
-            found.append({
-                **base,
-                "kind": "inactive entry",
-                "expected": "active",
-                "actual": "inactive",
-                "explanation": (
-                    f"pg_cron entry {name} for {where} is inactive, so the job "
-                    "never runs"
-                ),
-            })
+            found.append(
+                {
+                    **base,
+                    "kind": "inactive entry",
+                    "expected": "active",
+                    "actual": "inactive",
+                    "explanation": (
+                        f"pg_cron entry {name} for {where} is inactive, so the job "
+                        "never runs"
+                    ),
+                }
+            )
 
     frame = pd.DataFrame(found, columns=COLUMNS)
     if not frame.empty:

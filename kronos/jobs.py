@@ -128,9 +128,7 @@ class JobSpec:
             if "\x00" in self.idempotency_key:
                 raise InvalidJob("an idempotency_key cannot contain a NUL character")
         elif self.run_at is not None or self.idempotency_key is not None:
-            raise InvalidJob(
-                f"a {self.trigger} job takes no run_at or idempotency_key"
-            )
+            raise InvalidJob(f"a {self.trigger} job takes no run_at or idempotency_key")
         return self
 
 
@@ -144,8 +142,10 @@ class JobChange:
 
     def validate(self) -> JobChange:
         """Return the change if it is well formed; raise a usage error if not."""
-        if self.cron_expression is None and self.timezone is None and (
-            self.payload is None
+        if (
+            self.cron_expression is None
+            and self.timezone is None
+            and (self.payload is None)
         ):
             raise InvalidJob("an update must change the schedule, time zone or payload")
         if self.cron_expression is not None:
@@ -245,9 +245,7 @@ def list_versions(conn: psycopg.Connection, workspace: str, job_id: int) -> list
     return [_job(workspace, row) for row in rows]
 
 
-def _fetch(
-    conn: psycopg.Connection, workspace: str, job_id: int, *, lock: bool
-) -> Job:
+def _fetch(conn: psycopg.Connection, workspace: str, job_id: int, *, lock: bool) -> Job:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise JobNotFound(f"job id must be an integer: {job_id!r}")
     query = sql.SQL("SELECT {columns} FROM {jobs} WHERE id = %s{lock}").format(
@@ -284,7 +282,9 @@ def lock_active_job(conn: psycopg.Connection, workspace: str, job_id: int) -> Jo
     return job
 
 
-def require_endpoint(conn: psycopg.Connection, workspace: str, endpoint_id: int) -> None:
+def require_endpoint(
+    conn: psycopg.Connection, workspace: str, endpoint_id: int
+) -> None:
     """Raise :class:`EndpointNotFound` unless the endpoint exists."""
     found = conn.execute(
         sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(

@@ -66,7 +66,8 @@ def take_snapshot(conn: psycopg.Connection, workspace: str) -> Snapshot:
             ).fetchall()
 
     mine = tuple(
-        entry for entry in entries
+        entry
+        for entry in entries
         if (parsed := parse_cron_job_name(entry[1])) and parsed[0] == workspace
     )
     return Snapshot(workspace, tuple(jobs), tuple(executions), mine)

@@ -36,8 +36,20 @@ _MACROS = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 )
 
-_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun",
-           "jul", "aug", "sep", "oct", "nov", "dec"]
+_MONTHS = [
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "may",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "oct",
+    "nov",
+    "dec",
+]
 _DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 
 # (field name, lowest, highest, names that stand for numbers)
@@ -87,7 +99,7 @@ def validate_cron_expression(expression: object) -> str:
             f"cron expression {expression!r} has {len(fields)} fields; "
             "Kronos needs exactly five: minute hour day-of-month month day-of-week"
         )
-    for value, (field, low, high, names) in zip(fields, _FIELDS):
+    for value, (field, low, high, names) in zip(fields, _FIELDS, strict=True):
         _check_field(expression, value.lower(), field, low, high, names)
     return expression
 
@@ -118,12 +130,13 @@ def _check_field(
                 f"cron expression {expression!r}: {field} item {item!r} puts a "
                 "step after a single value; write '*/step' or 'n-m/step'"
             )
-        numbers = [_number(expression, part, field, low, high, names)
-                   for part in bounds.split("-")]
+        numbers = [
+            _number(expression, part, field, low, high, names)
+            for part in bounds.split("-")
+        ]
         if len(numbers) == 2 and numbers[0] > numbers[1]:
             raise InvalidSchedule(
-                f"cron expression {expression!r}: {field} range {bounds} runs "
-                "backwards"
+                f"cron expression {expression!r}: {field} range {bounds} runs backwards"
             )
 
 
@@ -178,9 +191,7 @@ def validate_workspace_name(name: object) -> str:
             f"{MAX_WORKSPACE_BYTES} so that its pg_cron job names fit in 63 bytes"
         )
     if any(ord(char) < 32 or ord(char) == 127 for char in name):
-        raise InvalidWorkspace(
-            f"workspace name {name!r} contains a control character"
-        )
+        raise InvalidWorkspace(f"workspace name {name!r} contains a control character")
     if "%" in name:
         # psycopg reads every % of a composed query as a placeholder, quoted
         # identifiers included, so a schema name with % breaks each statement

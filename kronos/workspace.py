@@ -124,9 +124,7 @@ def create_workspace(conn: psycopg.Connection, name: str) -> str:
                 f"schema {name!r} already exists; pick another workspace name"
             )
         conn.execute(sql.SQL(_SCHEMA).format(s=sql.Identifier(name)))
-        conn.execute(
-            "INSERT INTO public.workspaces (schema_name) VALUES (%s)", [name]
-        )
+        conn.execute("INSERT INTO public.workspaces (schema_name) VALUES (%s)", [name])
 
     logger.debug("created workspace %r", name)
     return name

@@ -88,7 +88,9 @@ def test_an_entry_of_a_dropped_workspace_is_an_orphan(kronos_observer) -> None:
 def test_other_applications_entries_are_not_kronos_business(
     kronos_observer, kronos_workspace
 ) -> None:
-    kronos_observer.execute("SELECT cron.schedule('nightly-vacuum', '@daily', 'VACUUM')")
+    kronos_observer.execute(
+        "SELECT cron.schedule('nightly-vacuum', '@daily', 'VACUUM')"
+    )
     try:
         assert find_divergences(kronos_observer, [kronos_workspace]).empty
     finally:
@@ -113,7 +115,9 @@ def test_the_checker_works_with_a_role_that_can_only_read(
     """A role without any write privilege can run it: the checker never writes."""
     role = f"reader_{uuid.uuid4().hex[:8]}"
     ws = sql.Identifier(kronos_workspace)
-    kronos_observer.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    kronos_observer.execute(
+        sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role))
+    )
     try:
         for statement in (
             "GRANT USAGE ON SCHEMA {ws} TO {role}",
@@ -163,7 +167,9 @@ def test_the_number_of_queries_does_not_grow_with_the_number_of_jobs(
             return _CountingConnection.statements
 
     target.create_job(
-        kronos_observer, kronos_workspace, JobSpec.cron(kronos_endpoint.id, "a", "@daily")
+        kronos_observer,
+        kronos_workspace,
+        JobSpec.cron(kronos_endpoint.id, "a", "@daily"),
     )
     with_one_job = queries_for_check()
     for index in range(40):

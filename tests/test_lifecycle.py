@@ -47,7 +47,11 @@ def _counts(observer: psycopg.Connection, workspace: str) -> tuple[int, int, int
 
 
 def test_create_immediate_queues_one_execution(
-    kronos_target, kronos_conn, kronos_observer, kronos_workspace, kronos_endpoint,
+    kronos_target,
+    kronos_conn,
+    kronos_observer,
+    kronos_workspace,
+    kronos_endpoint,
     kronos_check,
 ) -> None:
     job = kronos_target.create_job(
@@ -82,7 +86,11 @@ def test_create_delayed_holds_a_pending_execution_and_is_idempotent(
 
 
 def test_create_cron_registers_the_schedule_in_the_same_commit(
-    kronos_target, kronos_conn, kronos_observer, kronos_workspace, kronos_endpoint,
+    kronos_target,
+    kronos_conn,
+    kronos_observer,
+    kronos_workspace,
+    kronos_endpoint,
     kronos_check,
 ) -> None:
     job = kronos_target.create_job(
@@ -97,7 +105,11 @@ def test_create_cron_registers_the_schedule_in_the_same_commit(
 
 
 def test_update_retires_the_old_version_and_moves_the_schedule(
-    kronos_target, kronos_conn, kronos_observer, kronos_workspace, kronos_endpoint,
+    kronos_target,
+    kronos_conn,
+    kronos_observer,
+    kronos_workspace,
+    kronos_endpoint,
     kronos_check,
 ) -> None:
     first = kronos_target.create_job(
@@ -107,7 +119,9 @@ def test_update_retires_the_old_version_and_moves_the_schedule(
     )
 
     second = kronos_target.update_job(
-        kronos_conn, kronos_workspace, first.id,
+        kronos_conn,
+        kronos_workspace,
+        first.id,
         JobChange(cron_expression="*/10 * * * *", payload={"a": 2}),
     )
 
@@ -122,13 +136,18 @@ def test_update_retires_the_old_version_and_moves_the_schedule(
     assert second.timezone == first.timezone
     assert _cron_entry(kronos_observer, kronos_workspace, first.id) is None
     assert _cron_entry(kronos_observer, kronos_workspace, second.id) == (
-        "*/10 * * * *", True
+        "*/10 * * * *",
+        True,
     )
     kronos_check([kronos_workspace])
 
 
 def test_cancel_cron_retires_and_unschedules(
-    kronos_target, kronos_conn, kronos_observer, kronos_workspace, kronos_endpoint,
+    kronos_target,
+    kronos_conn,
+    kronos_observer,
+    kronos_workspace,
+    kronos_endpoint,
     kronos_check,
 ) -> None:
     job = kronos_target.create_job(
@@ -147,7 +166,8 @@ def test_cancel_delayed_cancels_its_pending_execution(
 ) -> None:
     run_at = datetime.now(timezone.utc) + timedelta(days=1)
     job = kronos_target.create_job(
-        kronos_conn, kronos_workspace,
+        kronos_conn,
+        kronos_workspace,
         JobSpec.delayed(kronos_endpoint.id, "later", run_at, "k1"),
     )
 
@@ -159,7 +179,11 @@ def test_cancel_delayed_cancels_its_pending_execution(
 
 
 def test_cancel_succeeds_when_the_schedule_is_already_gone(
-    kronos_target, kronos_conn, kronos_observer, kronos_workspace, kronos_endpoint,
+    kronos_target,
+    kronos_conn,
+    kronos_observer,
+    kronos_workspace,
+    kronos_endpoint,
     kronos_check,
 ) -> None:
     job = kronos_target.create_job(
@@ -189,7 +213,9 @@ BAD_INPUTS = {
     ),
     "six-field cron expression": (
         InvalidSchedule,
-        lambda t, c, w, e, j: t.create_job(c, w, JobSpec.cron(e.id, "r", "* * * * * *")),
+        lambda t, c, w, e, j: t.create_job(
+            c, w, JobSpec.cron(e.id, "r", "* * * * * *")
+        ),
     ),
     "unknown time zone": (
         InvalidTimeZone,
@@ -199,7 +225,9 @@ BAD_INPUTS = {
     ),
     "unknown endpoint": (
         EndpointNotFound,
-        lambda t, c, w, e, j: t.create_job(c, w, JobSpec.cron(e.id + 99, "r", "@daily")),
+        lambda t, c, w, e, j: t.create_job(
+            c, w, JobSpec.cron(e.id + 99, "r", "@daily")
+        ),
     ),
     "delayed without run_at": (
         InvalidJob,
@@ -226,7 +254,9 @@ BAD_INPUTS = {
     "update of a non-CRON job": (
         InvalidJob,
         lambda t, c, w, e, j: t.update_job(
-            c, w, t.create_job(c, w, JobSpec.immediate(e.id, "i")).id,
+            c,
+            w,
+            t.create_job(c, w, JobSpec.immediate(e.id, "i")).id,
             JobChange(cron_expression="@daily"),
         ),
     ),
@@ -241,8 +271,12 @@ BAD_INPUTS = {
     "update of a retired job": (
         JobNotActive,
         lambda t, c, w, e, j: t.update_job(
-            c, w, t.update_job(c, w, j.id, JobChange(cron_expression="@daily"))
-            .previous_version_id, JobChange(cron_expression="@hourly"),
+            c,
+            w,
+            t.update_job(
+                c, w, j.id, JobChange(cron_expression="@daily")
+            ).previous_version_id,
+            JobChange(cron_expression="@hourly"),
         ),
     ),
     "cancel twice": (
@@ -262,8 +296,13 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_raises_a_clear_error_and_writes_nothing(
-    case, kronos_target, kronos_conn, kronos_observer, kronos_workspace,
-    kronos_endpoint, kronos_check,
+    case,
+    kronos_target,
+    kronos_conn,
+    kronos_observer,
+    kronos_workspace,
+    kronos_endpoint,
+    kronos_check,
 ) -> None:
     error, operation = BAD_INPUTS[case]
     job = _cron_job(kronos_target, kronos_conn, kronos_workspace, kronos_endpoint)
@@ -273,7 +312,10 @@ def test_bad_input_raises_a_clear_error_and_writes_nothing(
         # the counts are taken right before the step that must fail.
         operation(
             _Counting(kronos_target, kronos_observer, kronos_workspace),
-            kronos_conn, kronos_workspace, kronos_endpoint, job,
+            kronos_conn,
+            kronos_workspace,
+            kronos_endpoint,
+            job,
         )
 
     assert isinstance(raised.value, error), raised.value

@@ -63,10 +63,10 @@ def test_the_command_pg_cron_runs_is_quoted_for_any_workspace_name(
         kronos_observer.execute(command)
 
         queued = kronos_observer.execute(
-            psycopg.sql.SQL("SELECT count(*) FROM {}.executions WHERE job_id = %s"
-                            " AND status = 'QUEUED'").format(
-                psycopg.sql.Identifier(workspace)
-            ),
+            psycopg.sql.SQL(
+                "SELECT count(*) FROM {}.executions WHERE job_id = %s"
+                " AND status = 'QUEUED'"
+            ).format(psycopg.sql.Identifier(workspace)),
             [job.id],
         ).fetchone()[0]
         assert queued == 1

@@ -18,8 +18,17 @@ from kronos.validation import (
 
 @pytest.mark.parametrize(
     "expression",
-    ["* * * * *", "0 3 * * *", "*/5 9-17 * * mon-fri", "0 0 1,15 * *",
-     "30 4 * jan-mar 0", "0 12 * * 7", "1-59/2 * * * *", "@daily", "@hourly"],
+    [
+        "* * * * *",
+        "0 3 * * *",
+        "*/5 9-17 * * mon-fri",
+        "0 0 1,15 * *",
+        "30 4 * jan-mar 0",
+        "0 12 * * 7",
+        "1-59/2 * * * *",
+        "@daily",
+        "@hourly",
+    ],
 )
 def test_valid_cron_expressions_are_accepted(expression: str) -> None:
     assert validate_cron_expression(expression) == expression
@@ -91,7 +100,9 @@ def cron_expressions(draw: st.DrawFn) -> str:
     fields = []
     for index in range(5):
         values = _field_values[index]
-        kind = draw(st.sampled_from(["star", "number", "range", "step", "list", "junk"]))
+        kind = draw(
+            st.sampled_from(["star", "number", "range", "step", "list", "junk"])
+        )
         if kind == "star":
             fields.append("*")
         elif kind == "number":
@@ -101,7 +112,9 @@ def cron_expressions(draw: st.DrawFn) -> str:
         elif kind == "step":
             fields.append(f"*/{draw(st.integers(0, 61))}")
         elif kind == "list":
-            fields.append(",".join(str(draw(values)) for _ in range(draw(st.integers(1, 3)))))
+            fields.append(
+                ",".join(str(draw(values)) for _ in range(draw(st.integers(1, 3))))
+            )
         else:
             fields.append(draw(st.sampled_from(["?", "L", "#", "$", "x", "1/2"])))
     extra = draw(st.sampled_from(["", "", "", " *"]))

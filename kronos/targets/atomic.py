@@ -27,7 +27,9 @@ class AtomicTarget:
     name = "atomic"
     positive_control = False
 
-    def create_job(self, conn: psycopg.Connection, workspace: str, spec: JobSpec) -> Job:
+    def create_job(
+        self, conn: psycopg.Connection, workspace: str, spec: JobSpec
+    ) -> Job:
         spec.validate()
         require_workspace(conn, workspace)
 
@@ -39,7 +41,11 @@ class AtomicTarget:
 
             if job.trigger == "IMMEDIATE":
                 jobs.insert_execution(
-                    conn, workspace, job.id, status="QUEUED", idempotency_key="immediate"
+                    conn,
+                    workspace,
+                    job.id,
+                    status="QUEUED",
+                    idempotency_key="immediate",
                 )
             elif job.trigger == "DELAYED":
                 jobs.insert_execution(
@@ -51,7 +57,9 @@ class AtomicTarget:
                     run_at=job.run_at,
                 )
             else:
-                registration.schedule(conn, workspace, job.id, job.cron_expression or "")
+                registration.schedule(
+                    conn, workspace, job.id, job.cron_expression or ""
+                )
 
         logger.debug("created %s job %s in %r", job.trigger, job.id, workspace)
         return job
@@ -66,7 +74,8 @@ class AtomicTarget:
             old = jobs.lock_active_job(conn, workspace, job_id)
             if old.trigger != "CRON":
                 raise InvalidJob(
-                    f"job {job_id} is a {old.trigger} job; only CRON jobs can be updated"
+                    f"job {job_id} is a {old.trigger} job; only CRON jobs can be "
+                    "updated"
                 )
 
             jobs.retire_job(conn, workspace, old.id)

@@ -31,7 +31,9 @@ class LegacyTarget:
     name = "legacy"
     positive_control = True
 
-    def create_job(self, conn: psycopg.Connection, workspace: str, spec: JobSpec) -> Job:
+    def create_job(
+        self, conn: psycopg.Connection, workspace: str, spec: JobSpec
+    ) -> Job:
         spec.validate()
         require_workspace(conn, workspace)
 
@@ -46,7 +48,11 @@ class LegacyTarget:
                 return existing
             if job.trigger == "IMMEDIATE":
                 jobs.insert_execution(
-                    conn, workspace, job.id, status="QUEUED", idempotency_key="immediate"
+                    conn,
+                    workspace,
+                    job.id,
+                    status="QUEUED",
+                    idempotency_key="immediate",
                 )
             elif job.trigger == "DELAYED":
                 jobs.insert_execution(
@@ -77,7 +83,8 @@ class LegacyTarget:
             old = jobs.lock_active_job(conn, workspace, job_id)
             if old.trigger != "CRON":
                 raise InvalidJob(
-                    f"job {job_id} is a {old.trigger} job; only CRON jobs can be updated"
+                    f"job {job_id} is a {old.trigger} job; only CRON jobs can be "
+                    "updated"
                 )
             jobs.retire_job(conn, workspace, old.id)
             new = jobs.insert_job(
