@@ -432,3 +432,73 @@ def next_version_spec(job: Job, change: JobChange) -> JobSpec:
     if change.payload is not None:
         updates["payload"] = dict(change.payload)
     return replace(spec, **updates)
+
+
+# The row writes of each operation, without any pg_cron call. The targets
+# differ only in where they put the pg_cron call: inside the same transaction
+# (atomic) or after its commit (legacy).
+
+
+def write_new_job(
+    conn: psycopg.Connection, workspace: str, spec: JobSpec
+) -> tuple[Job, bool]:
+    """Insert a job and its first execution; say whether it is new.
+
+    A DELAYED job whose idempotency key was used before is not inserted again:
+    the earlier job is returned with ``False``.
+    """
+    require_endpoint(conn, workspace, spec.endpoint_id)
+    job = insert_job(conn, workspace, spec)
+    if job is None:
+        existing = find_delayed(
+            conn, workspace, spec.endpoint_id, spec.idempotency_key or ""
+        )
+        assert existing is not None, "ON CONFLICT skipped the insert: the row exists"
+        return existing, False
+
+    if job.trigger == "IMMEDIATE":
+        insert_execution(
+            conn, workspace, job.id, status="QUEUED", idempotency_key="immediate"
+        )
+    elif job.trigger == "DELAYED":
+        insert_execution(
+            conn,
+            workspace,
+            job.id,
+            status="PENDING",
+            idempotency_key=job.idempotency_key or "",
+            run_at=job.run_at,
+        )
+    return job, True
+
+
+def write_next_version(
+    conn: psycopg.Connection, workspace: str, job_id: int, change: JobChange
+) -> tuple[Job, Job]:
+    """Retire a CRON job's ACTIVE version and insert its successor."""
+    old = lock_active_job(conn, workspace, job_id)
+    if old.trigger != "CRON":
+        raise InvalidJob(
+            f"job {job_id} is a {old.trigger} job; only CRON jobs can be updated"
+        )
+
+    retire_job(conn, workspace, old.id)
+    new = insert_job(
+        conn,
+        workspace,
+        next_version_spec(old, change),
+        version=old.version + 1,
+        previous_version_id=old.id,
+    )
+    assert new is not None, "only a DELAYED insert can be skipped"
+    link_successor(conn, workspace, old.id, new.id)
+    return old, new
+
+
+def write_cancel(conn: psycopg.Connection, workspace: str, job_id: int) -> Job:
+    """Retire an ACTIVE job and cancel what it has not run; return it retired."""
+    job = lock_active_job(conn, workspace, job_id)
+    retire_job(conn, workspace, job.id)
+    if job.trigger != "CRON":
+        cancel_pending_executions(conn, workspace, job.id)
+    return _fetch(conn, workspace, job.id, lock=False)

@@ -15,7 +15,6 @@ from collections.abc import Callable
 import psycopg
 
 from kronos import jobs, registration
-from kronos.errors import InvalidJob
 from kronos.jobs import Job, JobChange, JobSpec
 from kronos.registration import cron_job_name
 from kronos.workspace import require_workspace
@@ -38,33 +37,9 @@ class LegacyTarget:
         require_workspace(conn, workspace)
 
         with conn.transaction():
-            jobs.require_endpoint(conn, workspace, spec.endpoint_id)
-            job = jobs.insert_job(conn, workspace, spec)
-            if job is None:
-                existing = jobs.find_delayed(
-                    conn, workspace, spec.endpoint_id, spec.idempotency_key or ""
-                )
-                assert existing is not None
-                return existing
-            if job.trigger == "IMMEDIATE":
-                jobs.insert_execution(
-                    conn,
-                    workspace,
-                    job.id,
-                    status="QUEUED",
-                    idempotency_key="immediate",
-                )
-            elif job.trigger == "DELAYED":
-                jobs.insert_execution(
-                    conn,
-                    workspace,
-                    job.id,
-                    status="PENDING",
-                    idempotency_key=job.idempotency_key or "",
-                    run_at=job.run_at,
-                )
+            job, created = jobs.write_new_job(conn, workspace, spec)
 
-        if job.trigger == "CRON":
+        if created and job.trigger == "CRON":
             expression = job.cron_expression or ""
             _after_commit(
                 conn,
@@ -80,22 +55,7 @@ class LegacyTarget:
         require_workspace(conn, workspace)
 
         with conn.transaction():
-            old = jobs.lock_active_job(conn, workspace, job_id)
-            if old.trigger != "CRON":
-                raise InvalidJob(
-                    f"job {job_id} is a {old.trigger} job; only CRON jobs can be "
-                    "updated"
-                )
-            jobs.retire_job(conn, workspace, old.id)
-            new = jobs.insert_job(
-                conn,
-                workspace,
-                jobs.next_version_spec(old, change),
-                version=old.version + 1,
-                previous_version_id=old.id,
-            )
-            assert new is not None
-            jobs.link_successor(conn, workspace, old.id, new.id)
+            old, new = jobs.write_next_version(conn, workspace, job_id, change)
 
         old_name = cron_job_name(workspace, old.id)
         _after_commit(
@@ -115,11 +75,7 @@ class LegacyTarget:
         require_workspace(conn, workspace)
 
         with conn.transaction():
-            job = jobs.lock_active_job(conn, workspace, job_id)
-            jobs.retire_job(conn, workspace, job.id)
-            if job.trigger != "CRON":
-                jobs.cancel_pending_executions(conn, workspace, job.id)
-            retired = jobs.get_job(conn, workspace, job.id)
+            job = jobs.write_cancel(conn, workspace, job_id)
 
         if job.trigger == "CRON":
             name = cron_job_name(workspace, job.id)
@@ -128,7 +84,7 @@ class LegacyTarget:
                 f"unschedule {name}",
                 lambda side: side.execute("SELECT cron.unschedule(%s)", [name]),
             )
-        return retired
+        return job
 
 
 def _after_commit(
