@@ -21,16 +21,20 @@ through a separate observer connection:
 A failing run prints the steps as a Python program (``state =
 JobLifecycle()`` then one ``state.<rule>(...)`` per step) and stores the
 example in Hypothesis's database; :meth:`JobLifecycle.replay` runs such a
-program again. Each example starts clean: the workspaces it made are dropped
-in ``teardown``, and the server is never restarted between examples.
+program again; :meth:`JobLifecycle.replay_steps` runs it one step at a time,
+for those who look between steps (``kronos.replay``). Each example starts
+clean: the workspaces it made are dropped in ``teardown``, and the server is
+never restarted between examples.
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
+import inspect
 import logging
 import zoneinfo
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,7 +78,11 @@ __all__ = [
     "EndpointRef",
     "JobLifecycle",
     "JobRef",
+    "ProgramStep",
+    "ReplayedStep",
+    "StepOutcome",
     "make_state_machine",
+    "parse_program",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,14 +163,130 @@ class _Session:
 
 
 @dataclass
-class _Outcome:
-    """How one operation ended: ``ok``, ``failed`` or ``unknown``."""
+class StepOutcome:
+    """How one job operation ended: ``ok``, ``failed`` or ``unknown``.
+
+    ``fired`` is true when the armed fault fired or the connection was lost.
+    """
 
     kind: str
     result: Any = None
     error: BaseException | None = None
     fired: bool = False
     resolved: str | None = None  # committed or aborted, for an unknown outcome
+
+
+@dataclass(frozen=True)
+class ProgramStep:
+    """One rule call of a program the machine printed.
+
+    ``alias`` is the name the program gives the call's result (``jobs_0``),
+    ``fault`` the fault point it armed (``None``: none, or a rule without
+    faults). ``line`` is the call as printed, which is what runs on replay.
+    """
+
+    line: str
+    rule: str
+    alias: str | None = None
+    fault: str | None = None
+
+    def describe(self) -> str:
+        """The step as a short phrase: ``cancel jobs_0 under unschedule.before``."""
+        node = ast.parse(self.line).body[0]
+        call = getattr(node, "value", None)
+        acted_on = [
+            keyword.value.id
+            for keyword in getattr(call, "keywords", [])
+            if keyword.arg in ("workspace", "endpoint", "job")
+            and isinstance(keyword.value, ast.Name)
+        ]
+        parts = [self.rule, *acted_on]
+        if self.alias is not None:
+            parts.append(f"-> {self.alias}")
+        if self.fault is not None:
+            parts.append(f"under {self.fault}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ReplayedStep:
+    """A step of a replay, just run: the machine can still be read.
+
+    ``error`` is what the step or the invariants after it raised; the replay
+    raises it once the caller has looked. ``outcome`` is how the step's job
+    operation ended (``None`` for a step without one).
+    """
+
+    number: int
+    step: ProgramStep
+    state: JobLifecycle
+    result: Any
+    outcome: StepOutcome | None
+    error: BaseException | None
+
+
+def parse_program(text: str) -> list[ProgramStep]:
+    """The rule calls of a program Hypothesis printed, in order.
+
+    Skips what is not a rule call: ``state = JobLifecycle()``, the invariant
+    checks Hypothesis prints between steps, ``state.teardown()`` and the report
+    around the program. Whether each rule exists is checked on replay, against
+    the machine that runs it.
+    """
+    steps = []
+    for line in text.splitlines():
+        step = _program_step(line.strip())
+        if step is not None:
+            steps.append(step)
+    return steps
+
+
+def _rule_names(machine: type[RuleBasedStateMachine]) -> list[str]:
+    """Every rule of ``machine``, in name order.
+
+    Hypothesis marks a rule's function with this attribute; it has no public
+    way to list a machine's rules.
+    """
+    return [
+        name for name, member in inspect.getmembers(machine)
+        if getattr(member, "hypothesis_stateful_rule", None) is not None
+    ]
+
+
+def _program_step(line: str) -> ProgramStep | None:
+    try:
+        body = ast.parse(line).body
+    except SyntaxError:
+        return None
+    if len(body) != 1 or not isinstance(body[0], (ast.Assign, ast.Expr)):
+        return None
+    node = body[0]
+    call = node.value
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "state"
+    ):
+        return None
+
+    # Invariants and teardown live on the base class; rules only on machines.
+    rule = call.func.attr
+    if hasattr(JobLifecycle, rule):
+        return None
+
+    alias = None
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+        alias = node.targets[0].id
+    fault = next(
+        (
+            keyword.value.value
+            for keyword in call.keywords
+            if keyword.arg == "fault" and isinstance(keyword.value, ast.Constant)
+        ),
+        None,
+    )
+    return ProgramStep(line, rule, alias, fault)
 
 
 class JobLifecycle(RuleBasedStateMachine):
@@ -185,6 +309,8 @@ class JobLifecycle(RuleBasedStateMachine):
         super().__init__()
         self.model = LifecycleModel()
         self.steps = 0
+        # How the last job operation ended, for a replay to show.
+        self.last_outcome: StepOutcome | None = None
         # Nothing to compare yet, so nothing the checker could find.
         self._clean_fingerprint: tuple | None = ((), ())
 
@@ -220,28 +346,61 @@ class JobLifecycle(RuleBasedStateMachine):
     def replay(cls, program: str) -> None:
         """Run a program as Hypothesis printed it, checking after every step.
 
-        Lines that are not ``state = ...`` or ``[name =] state.rule(...)`` (the
-        report around the program) are skipped. Raises what the run raises.
+        Lines that are not ``[name =] state.rule(...)`` (the report around the
+        program, ``state = ...``, invariant checks) are skipped. Raises what the
+        run raises.
         """
+        for _ in cls.replay_steps(program):
+            pass
+
+    @classmethod
+    def rule_names(cls) -> list[str]:
+        """The rules this machine can run (``crash_server`` only in crash runs)."""
+        return [
+            name for name in _rule_names(cls)
+            if name != "crash_server" or CRASH in cls.fault_names
+        ]
+
+    @classmethod
+    def replay_steps(cls, program: str) -> Iterator[ReplayedStep]:
+        """Run a program one rule call at a time, yielding after each.
+
+        The invariants are checked after every step. A step that fails (it or
+        the invariants raise) is yielded with its error, and the error is raised
+        when the caller asks for the next step; the workspaces are dropped
+        either way, once the caller is done.
+        """
+        steps = parse_program(program)
+        known = set(_rule_names(cls))
+        unknown = [step.line for step in steps if step.rule not in known]
+        if unknown:
+            raise KronosUsageError(
+                f"{unknown[0]!r} calls no rule of the state machine; its rules "
+                f"are {', '.join(sorted(known))}"
+            )
+
+        state = cls()
         namespace: dict[str, Any] = {
-            cls.__name__: cls, "datetime": datetime, "zoneinfo": zoneinfo,
+            "state": state, "datetime": datetime, "zoneinfo": zoneinfo,
         }
-        state: JobLifecycle | None = None
         try:
-            for line in program.splitlines():
-                line = line.strip()
-                if line.startswith("state = "):
-                    exec(line, namespace)  # noqa: S102 - the program is ours
-                    state = namespace["state"]
+            state.check_invariants_now()
+            for number, step in enumerate(steps, start=1):
+                state.last_outcome = None
+                error: BaseException | None = None
+                try:
+                    exec(step.line, namespace)  # noqa: S102 - the program is ours
                     state.check_invariants_now()
-                elif "state." in line and state is not None:
-                    if line == "state.teardown()":
-                        continue
-                    exec(line, namespace)  # noqa: S102
-                    state.check_invariants_now()
+                except Exception as exc:  # shown to the caller, then raised
+                    error = exc
+                result = namespace.get(step.alias) if step.alias else None
+                yield ReplayedStep(
+                    number, step, state, result, state.last_outcome, error
+                )
+                if error is not None:
+                    raise error
         finally:
-            if state is not None:
-                state.teardown()
+            state.teardown()
 
     def check_invariants_now(self) -> None:
         """The three invariants, as the machine runs them after every step."""
@@ -359,7 +518,7 @@ class JobLifecycle(RuleBasedStateMachine):
         workspace: str,
         step: str,
         call: Callable[[FaultyConnection], Any],
-    ) -> _Outcome:
+    ) -> StepOutcome:
         """Run ``call`` under ``fault``; never raise what the call raised.
 
         The outcome is ``ok``, ``failed`` or ``unknown`` as
@@ -401,9 +560,10 @@ class JobLifecycle(RuleBasedStateMachine):
             )
         if told.status == "unknown":
             told = resolve_outcome(told, self._session.dsn)
-        return _Outcome(
+        self.last_outcome = StepOutcome(
             told.status, told.value, told.exception, fired or lost, told.resolved
         )
+        return self.last_outcome
 
     def _recover(self) -> None:
         """Reconnect after a crash, restarting the server if it is still down."""
@@ -417,7 +577,7 @@ class JobLifecycle(RuleBasedStateMachine):
         workspace: str,
         expectation: Expectation,
         before: WorkspaceView,
-        outcome: _Outcome,
+        outcome: StepOutcome,
         apply: Callable[[Any], None],
         resolve: Callable[[WorkspaceView], Any] | None = None,
     ) -> None:
