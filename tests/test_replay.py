@@ -1,4 +1,4 @@
-"""Replaying a sequence: parsing, aliases, and reaching the divergence."""
+"""Replaying a program the state machine printed, up to where the tables part."""
 
 from __future__ import annotations
 
@@ -6,134 +6,132 @@ import pytest
 
 from kronos.errors import KronosUsageError
 from kronos.replay import (
-    DEFAULT_STEPS,
+    DEFAULT_PROGRAM,
     JOB_COLUMNS,
-    Step,
     parse_steps,
     replay,
     snapshot_frames,
-    with_setup,
 )
 from kronos.snapshot import take_snapshot
+from kronos.statemachine import ProgramStep
 
-HYPOTHESIS_PROGRAM = """
+# As a failing run prints it: a report around the program, invariant checks
+# between the steps, an update that names its result and a cancel that does not.
+PRINTED = """
 Falsifying example:
-state = KronosMachine()
-jobs_0 = state.create_cron_job(cron_expression='0 3 * * *', fault='none')
-state.in_sync()
-jobs_1 = state.update(job=jobs_0, schedule='5 4 * * *', fault='none')
-state.cancel(job=jobs_1, fault='unschedule.before')
+state = JobLifecycle()
+state.invariants_hold()
+workspaces_0 = state.create_workspace(workspace='replay update')
+state.invariants_hold()
+endpoints_0 = state.add_endpoint(workspace=workspaces_0)
+state.invariants_hold()
+jobs_0 = state.create_cron(endpoint=endpoints_0, fault=None, name='r', \
+schedule='0 3 * * *', timezone='UTC')
+state.invariants_hold()
+jobs_1 = state.update(fault=None, job=jobs_0, payload=None, schedule='5 4 * * *', \
+timezone=None)
+state.invariants_hold()
+state.cancel(fault='unschedule.before', job=jobs_1)
+state.invariants_hold()
 state.teardown()
+Explanation:
+    These lines were always and only run by failing test cases:
 """
 
 
-def test_json_and_plain_lines_give_the_same_steps() -> None:
-    from_json = parse_steps(
-        '[{"op": "create_cron", "job": "j1", "schedule": "0 3 * * *"},'
-        ' {"op": "cancel", "job": "j1", "fault": "unschedule.before"}]'
+def test_a_printed_program_becomes_its_rule_calls_in_order() -> None:
+    steps = parse_steps(PRINTED)
+
+    assert [step.rule for step in steps] == [
+        "create_workspace", "add_endpoint", "create_cron", "update", "cancel",
+    ]
+    assert steps[2].alias == "jobs_0" and steps[2].fault is None
+    assert steps[4] == ProgramStep(
+        "state.cancel(fault='unschedule.before', job=jobs_1)", "cancel",
+        fault="unschedule.before",
     )
-    from_lines = parse_steps(
-        "create_cron job=j1 schedule='0 3 * * *'\n"
-        "# a comment\n"
-        "cancel job=j1 fault=unschedule.before\n"
-    )
-    assert from_json == from_lines
-    assert from_json[1] == Step("cancel", job="j1", fault="unschedule.before")
+    assert steps[4].describe() == "cancel jobs_1 under unschedule.before"
 
 
-def test_a_step_survives_a_round_trip_through_its_dict() -> None:
-    for step in DEFAULT_STEPS:
-        assert Step.from_dict(step.to_dict()) == step
+def test_the_default_program_is_the_legacy_counterexample_as_printed() -> None:
+    steps = parse_steps(DEFAULT_PROGRAM)
 
-
-def test_a_hypothesis_program_becomes_steps_with_bundle_names_as_aliases() -> None:
-    steps = parse_steps(HYPOTHESIS_PROGRAM)
-
-    assert [step.op for step in steps] == ["create_cron", "update", "cancel"]
-    assert steps[0] == Step("create_cron", job="jobs_0", schedule="0 3 * * *")
-    assert steps[1].job == "jobs_0" and steps[1].alias == "jobs_1"
-    assert steps[2].fault == "unschedule.before"
+    assert DEFAULT_PROGRAM.startswith("state = JobLifecycle()")
+    assert [step.rule for step in steps] == [
+        "create_workspace", "add_endpoint", "create_cron",
+    ]
+    assert steps[-1].fault == "schedule.before"
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('[{"op": "explode"}]', "unknown operation"),
-        ('[{"op": "cancel", "jobb": "j1"}]', "unknown step key"),
-        ("cancel j1", "not key=value"),
-        ("state.crash(signal=9)", "no replay equivalent"),
         ("", "no steps given"),
+        ("state = JobLifecycle()\nstate.teardown()", "found no rule calls"),
+        ("create_cron job=j1 schedule='0 3 * * *'", "found no rule calls"),
     ],
 )
-def test_a_malformed_sequence_is_refused_with_what_to_write(text, message) -> None:
+def test_text_without_rule_calls_is_refused_with_what_to_paste(text, message) -> None:
     with pytest.raises(KronosUsageError, match=message):
         parse_steps(text)
 
 
-def test_a_sequence_naming_an_unknown_job_is_refused_before_it_runs() -> None:
-    steps = with_setup([Step("cancel", job="ghost")])
-    with pytest.raises(KronosUsageError, match="never created"):
-        replay("host=unused", steps, "atomic")
+def test_a_call_to_no_rule_of_the_machine_is_refused_before_it_runs() -> None:
+    with pytest.raises(KronosUsageError, match="calls no rule.*create_cron"):
+        replay("host=unused", "state.crash(signal=9)", "atomic")
 
 
-def test_a_fault_that_cannot_strike_the_operation_is_refused() -> None:
-    steps = with_setup([Step("create_cron", job="j", schedule="0 3 * * *",
-                             fault="unschedule.before")])
-    with pytest.raises(KronosUsageError, match="never strikes create_cron"):
-        replay("host=unused", steps, "atomic")
-
-
-def test_legacy_replay_reaches_the_orphan_schedule_at_the_cancel(kronos_dsn) -> None:
-    result = replay(kronos_dsn, DEFAULT_STEPS, "legacy")
+def test_legacy_replay_reaches_the_missing_schedule_at_the_create(kronos_dsn) -> None:
+    result = replay(kronos_dsn, DEFAULT_PROGRAM, "legacy")
 
     first = result.first_divergence
-    assert first is not None and first.number == 4
+    assert first is not None and first is result.steps[-1] and first.number == 3
     assert first.outcome == "ok" and first.fired
-    assert list(first.divergences["kind"]) == ["orphan schedule"]
-    assert "RETIRED" in first.explanation
-    assert first.jobs["status"].tolist() == ["RETIRED"]
-    assert len(first.cron_jobs) == 1
-    assert "step 4" in result.explain()
-    assert len(result.table()) == len(DEFAULT_STEPS)
+    assert list(first.divergences["kind"]) == ["missing schedule"]
+    assert "never runs" in first.explanation
+    assert first.jobs["status"].tolist() == ["ACTIVE"]
+    assert first.cron_jobs.empty
+    assert "step 3" in result.explain()
+    assert len(result.table()) == 3
 
 
-def test_atomic_replay_fails_the_cancel_and_stays_in_sync(kronos_dsn) -> None:
-    result = replay(kronos_dsn, DEFAULT_STEPS, "atomic")
+def test_atomic_replay_fails_the_create_and_stays_in_sync(kronos_dsn) -> None:
+    result = replay(kronos_dsn, DEFAULT_PROGRAM, "atomic")
 
     assert result.first_divergence is None
     last = result.steps[-1]
-    assert last.outcome == "failed" and last.sqlstate == "XX000"
-    assert last.atomicity == ()
-    assert last.jobs["status"].tolist() == ["ACTIVE"]
+    assert last.outcome == "failed" and last.sqlstate == "XX000" and last.fired
+    assert last.jobs.empty and last.cron_jobs.empty
 
 
-def test_an_update_moves_the_alias_to_the_new_version(kronos_dsn) -> None:
-    steps = with_setup(parse_steps(HYPOTHESIS_PROGRAM))
+def test_an_update_hands_its_new_version_to_the_next_step(kronos_dsn) -> None:
+    result = replay(kronos_dsn, PRINTED, "legacy")
 
-    result = replay(kronos_dsn, steps, "legacy")
-
-    update, cancel = result.steps[-2], result.steps[-1]
-    assert update.job_id != result.steps[-3].job_id
-    assert cancel.job_id == update.job_id
+    create, update, cancel = result.steps[-3:]
+    assert update.job_id != create.job_id
+    assert cancel.step.fault == "unschedule.before" and cancel.fired
     assert result.first_divergence is cancel
+    assert list(cancel.divergences["kind"]) == ["orphan schedule"]
 
 
-def test_replay_drops_its_workspaces_unless_asked_to_keep_them(
-    kronos_dsn, kronos_observer
-) -> None:
-    dropped = replay(kronos_dsn, DEFAULT_STEPS[:2], "atomic")
-    kept = replay(kronos_dsn, DEFAULT_STEPS[:2], "atomic", keep_workspaces=True)
+def test_the_replay_stops_at_the_first_divergence(kronos_dsn) -> None:
+    program = DEFAULT_PROGRAM + "state.cancel(fault=None, job=jobs_0)\n"
+
+    result = replay(kronos_dsn, program, "legacy")
+
+    assert [step.number for step in result.steps] == [1, 2, 3]
+
+
+def test_replay_drops_the_workspaces_it_made(kronos_dsn, kronos_observer) -> None:
+    replay(kronos_dsn, DEFAULT_PROGRAM, "legacy")
+    replay(kronos_dsn, PRINTED, "atomic")
 
     schemas = {
         row[0] for row in kronos_observer.execute(
             "SELECT nspname FROM pg_namespace"
         ).fetchall()
     }
-    assert dropped.workspaces["w"] not in schemas
-    assert kept.workspaces["w"] in schemas
-    from kronos.workspace import drop_workspace
-
-    drop_workspace(kronos_observer, kept.workspaces["w"])
+    assert not {"0", "replay update"} & schemas
 
 
 def test_snapshot_frames_name_every_column(kronos_observer, kronos_workspace) -> None:
@@ -143,20 +141,10 @@ def test_snapshot_frames_name_every_column(kronos_observer, kronos_workspace) ->
     assert list(cron.columns) == ["jobid", "jobname", "schedule", "command", "active"]
 
 
-def test_a_fault_the_replay_cannot_reproduce_is_refused_with_where_to_look() -> None:
-    steps = with_setup([Step("create_cron", job="j", schedule="0 3 * * *",
-                             fault="server.crash")])
-    with pytest.raises(KronosUsageError, match="the fault matrix covers it"):
-        replay("host=unused", steps, "atomic")
-
-
 def test_a_fault_with_its_own_connection_strikes_the_step(kronos_dsn) -> None:
-    steps = with_setup([
-        Step("create_cron", job="j1", schedule="0 3 * * *"),
-        Step("cancel", job="j1", fault="connection.drop"),
-    ])
+    program = PRINTED.replace("fault='unschedule.before'", "fault='connection.drop'")
 
-    result = replay(kronos_dsn, steps, "atomic")
+    result = replay(kronos_dsn, program, "atomic")
 
     cancel = result.steps[-1]
     assert cancel.fired and cancel.outcome == "failed"
