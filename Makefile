@@ -5,6 +5,7 @@
 #   make notebooks   JupyterLab with an embedded PostgreSQL behind it
 #   make docker      Debian's docker.io and debootstrap, and a running dockerd
 #   make image       the pg_cron image of the testcontainers backend (no registry)
+#   make strip-notebooks  remove outputs from notebooks/ before committing
 #   make clean       remove the virtual environment and every cache
 
 VENV ?= .venv
@@ -18,10 +19,10 @@ KRONOS_CACHE := $(strip $(or $(KRONOS_CACHE_DIR),$(if $(filter 0,$(shell id -u))
 	$(ROOT_CACHE),$(USER_CACHE))))
 TMP := $(or $(TMPDIR),/tmp)
 
-.PHONY: help venv system-deps docker image demo test notebooks clean
+.PHONY: help venv system-deps docker image demo test notebooks strip-notebooks clean
 
 help:
-	@echo "targets: test demo notebooks venv system-deps docker image clean"
+	@echo "targets: test demo notebooks strip-notebooks venv system-deps docker image clean"
 	@echo "variables: VENV=$(VENV) PYTHON=$(PYTHON) PYTEST_ARGS=$(PYTEST_ARGS)"
 	@echo "cluster cache: [$(KRONOS_CACHE)]"
 
@@ -55,6 +56,9 @@ test: system-deps venv image
 
 notebooks: system-deps venv
 	$(VENV)/bin/kronos-atomicity lab
+
+strip-notebooks:
+	$(VENV)/bin/python scripts/strip-notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis build
