@@ -38,9 +38,9 @@ _START_TIMEOUT = 120.0
 _LOG_TAIL_LINES = 20
 
 _DOCKER_HINT = (
-    "Start a Docker engine (as root: scripts/install-system-deps.sh docker, then "
-    "scripts/start-docker.sh), or choose another backend with --kronos-backend "
-    "embedded or dsn."
+    "Start a Docker engine (`make docker`, or scripts/install-system-deps.sh "
+    "docker then scripts/start-docker.sh; both use sudo when not root), or "
+    "choose another backend with --kronos-backend embedded or dsn."
 )
 
 
@@ -113,12 +113,22 @@ def _require_image(image: str) -> None:
             "pip install 'kronos-atomicity[dev]' or pip install testcontainers"
         ) from exc
 
+    # docker-py leaves the socket of a failed connection attempt open (its
+    # UnixHTTPConnection.connect never closes it), and the exception's traceback
+    # keeps it alive until some later garbage collection, where the
+    # ResourceWarning fails an unrelated test under filterwarnings=error. So
+    # every failure closes the sockets its traceback holds, and the client is
+    # closed on every path once it exists.
     try:
         client = from_env()
     except DockerException as exc:
+        _close_sockets(exc)
         raise EnvironmentProblem(
             f"cannot reach a Docker engine: {exc}. " + _DOCKER_HINT
         ) from exc
+    except BaseException as exc:
+        _close_sockets(exc)
+        raise
     try:
         client.images.get(image)
     except ImageNotFound as exc:
@@ -129,11 +139,40 @@ def _require_image(image: str) -> None:
             "and pg_cron that follows docker/Dockerfile's contract."
         ) from exc
     except DockerException as exc:
+        _close_sockets(exc)
         raise EnvironmentProblem(
             f"the Docker engine did not answer about {image}: {exc}. " + _DOCKER_HINT
         ) from exc
+    except BaseException as exc:
+        _close_sockets(exc)
+        raise
     finally:
         client.close()
+
+
+def _close_sockets(exc: BaseException) -> None:
+    """Close every socket held by the frames of ``exc`` and the errors it chains.
+
+    The failed connection's socket is reachable only through the traceback, so
+    this is the one place it can be closed before the error is kept for a report.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if isinstance(value, socket.socket):
+                    value.close()
+            tb = tb.tb_next
+        for linked in (error.__cause__, error.__context__):
+            if linked is not None:
+                pending.append(linked)
 
 
 def _wait_ready(container: object, dsn: str, image: str) -> tuple[str, str]:
