@@ -1,9 +1,11 @@
 # kronos-atomicity: every target installs what it needs and is safe to rerun.
 #
-#   make test        system packages, the virtual environment, then pytest
+#   make test        system packages, the virtual environment, the Docker image,
+#                    then pytest (the container tests need Docker; no skipping)
 #   make demo        the fault matrix against an embedded PostgreSQL
 #   make notebooks   JupyterLab with an embedded PostgreSQL behind it
 #   make docker      Debian's docker.io and debootstrap, and a running dockerd
+#                    (sudo when not root, and only when something is missing)
 #   make image       the pg_cron image of the testcontainers backend (no registry)
 #   make strip-notebooks  remove outputs from notebooks/ before committing
 #   make clean       remove the virtual environment and every cache

@@ -9,7 +9,8 @@
 #
 # Cheap to repeat: nothing happens when the image exists already, and the root
 # file system is kept as a tarball under $KRONOS_IMAGE_CACHE (with the .deb
-# files), so a rebuild after `docker rmi` is one `docker import`.
+# files), so a rebuild after `docker rmi` is one `docker import`. Building needs
+# root; not being root, the script runs itself again through sudo.
 #
 #   scripts/build-image.sh            # image kronos-pg-cron:15 (or $KRONOS_IMAGE)
 #   KRONOS_IMAGE_REBUILD=1 scripts/build-image.sh   # build the root fs afresh
@@ -21,22 +22,37 @@ mirror=${KRONOS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 here=$(cd "$(dirname "$0")/.." && pwd)
 rootfs_tar=$cache/bookworm-pg15-cron.tar
 
-if [ "${KRONOS_IMAGE_REBUILD:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1
+# Needs no root when the image exists and the engine answers this user.
+if [ "${KRONOS_IMAGE_REBUILD:-0}" != 1 ] \
+    && docker image inspect "$image" >/dev/null 2>&1
 then
     echo "image: $image exists (KRONOS_IMAGE_REBUILD=1 to build it again)"
     exit 0
 fi
 
+# debootstrap, chroot and docker import need root: not being root, run this
+# script again through sudo, keeping its settings.
+if [ "$(id -u)" != 0 ]; then
+    self=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "image: building $image needs root (debootstrap), but this is not" \
+            "root and sudo is missing. Run as root: bash $self" >&2
+        exit 1
+    fi
+    echo "image: building $image needs root (debootstrap); using sudo"
+    exec sudo env KRONOS_IMAGE="$image" KRONOS_IMAGE_CACHE="$cache" \
+        KRONOS_DEBIAN_MIRROR="$mirror" \
+        KRONOS_IMAGE_REBUILD="${KRONOS_IMAGE_REBUILD:-0}" bash "$self"
+fi
+
+# debootstrap lives in /usr/sbin, which a PATH may lack even for root.
+export PATH="$PATH:/usr/sbin:/sbin"
 for tool in debootstrap docker; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "image: $tool not found; run 'scripts/install-system-deps.sh docker'" >&2
         exit 1
     fi
 done
-if [ "$(id -u)" != 0 ]; then
-    echo "image: debootstrap needs root; run this as root" >&2
-    exit 1
-fi
 
 mkdir -p "$cache/debs"
 
@@ -73,9 +89,11 @@ if [ "${KRONOS_IMAGE_REBUILD:-0}" = 1 ] || [ ! -s "$rootfs_tar" ]; then
     trap - EXIT
 fi
 
+image_path=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin
+image_path=$image_path:/usr/sbin:/usr/bin:/sbin:/bin
 echo "image: docker import $rootfs_tar as $image"
 docker import \
-    --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change "ENV PATH=$image_path" \
     --change 'ENV PGDATA=/var/lib/postgresql/data' \
     --change 'ENV POSTGRES_DB=kronos' \
     --change 'ENV POSTGRES_HOST_AUTH_METHOD=trust' \

@@ -35,9 +35,18 @@ fi
 if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
+# dockerd and debootstrap live in /usr/sbin, which is not on an ordinary user's
+# PATH, so look at the files the packages install rather than asking the PATH.
+installed() {
+    local name=$1 dir
+    for dir in /usr/sbin /usr/bin /sbin /bin; do
+        [[ -x "$dir/$name" ]] && return 0
+    done
+    command -v "$name" >/dev/null 2>&1
+}
 if [[ "$want_docker" == yes ]]; then
-    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    installed dockerd || missing+=(docker.io)
+    installed debootstrap || missing+=(debootstrap)
 fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
