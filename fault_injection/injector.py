@@ -172,9 +172,11 @@ class FaultInjector:
         self.server = server
         self._rng = random.Random(seed)
         self._admin_conn: psycopg.Connection | None = None
-        is_superuser = self._admin().execute(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]
+        is_superuser = (
+            self._admin()
+            .execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetchone()[0]
+        )
         if not is_superuser:
             self.close()
             raise EnvironmentProblem(
@@ -183,6 +185,10 @@ class FaultInjector:
             )
         self._pgcron = PgCronFaults(self._admin)
         self._nocron_dsn: str | None = None
+        # Points armed through this injector and not yet disarmed. A second
+        # arming of the same point would share its hook and hit counter with
+        # the first, so it is refused.
+        self._live: set[str] = set()
 
     def connect(self, dsn: str | None = None) -> FaultyConnection:
         """An autocommit connection on which client-side points can be armed."""
@@ -220,6 +226,10 @@ class FaultInjector:
         """
         fault_point = get_point(point)
         self._check_arguments(fault_point, occurrence, at, connection)
+        if point in self._live and point != "commit.before":
+            raise KronosUsageError(
+                f"{point} is already armed; disarm it before arming it again"
+            )
         if fault_point.steps and at is None:
             at = fault_point.steps[0]
 
@@ -234,6 +244,8 @@ class FaultInjector:
             except Exception:
                 logger.warning("could not undo a half-armed %s", point, exc_info=True)
             raise
+        if point != "commit.before":
+            self._live.add(point)
         logger.debug("armed %s (hit %d, at %s)", point, occurrence, at)
         return fault
 
@@ -471,6 +483,7 @@ class FaultInjector:
             fault._final_fired = self._fired(fault)
             fault._final_where = self._where(fault) if fault._final_fired else None
         finally:
+            self._live.discard(fault.point.name)
             self._undo(fault)
 
     def _undo(self, fault: ArmedFault) -> None:
@@ -482,8 +495,9 @@ class FaultInjector:
         if fault._blocker is not None and not fault._blocker.stopped:
             steps.append(("stop the watcher", fault._blocker.stop))
         if fault._place is not None:
-            steps.append(("remove the hook", lambda: self._pgcron.disarm(
-                fault.point.name)))
+            steps.append(
+                ("remove the hook", lambda: self._pgcron.disarm(fault.point.name))
+            )
         if fault._connection is not None and fault.point.name == "commit.before":
             steps.append(("disarm the client", fault._connection.disarm_client_fault))
         if fault._lock is not None:
@@ -498,8 +512,9 @@ class FaultInjector:
             try:
                 step()
             except BaseException as exc:
-                logger.warning("disarming %s: could not %s: %s",
-                               fault.point.name, what, exc)
+                logger.warning(
+                    "disarming %s: could not %s: %s", fault.point.name, what, exc
+                )
                 first = first or exc
         if first is not None:
             raise first

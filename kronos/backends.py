@@ -196,7 +196,7 @@ def verify_dsn(dsn: str, *, manage: bool = True) -> tuple[str, str]:
     except psycopg.Error as exc:
         raise EnvironmentProblem(
             f"cannot connect to {where}: {str(exc).strip()}. Check the DSN "
-            "(--kronos-dsn / KRONOS_DSN) and that the server accepts this role."
+            "(--dsn, --kronos-dsn or KRONOS_DSN) and that the server accepts this role."
         ) from exc
 
     with conn:

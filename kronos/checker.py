@@ -66,7 +66,8 @@ def find_divergences(
     registered workspace is checked, and a Kronos entry in ``cron.job`` whose
     workspace no longer exists is reported as an orphan. The result has one
     row per difference, with the columns in :data:`COLUMNS`; it is empty when
-    the tables agree.
+    the tables agree. A role that pg_cron's row security limits to its own
+    entries gets a logged warning and ``attrs["partial_view"]`` saying so.
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise KronosUsageError(
@@ -80,7 +81,11 @@ def find_divergences(
         jobs = _cron_jobs(conn, scope)
         entries = _cron_entries(conn, scope if schemas is not None else None)
         found = _compare(conn, jobs, entries)
+        partial = _partial_view(conn)
 
+    if partial:
+        logger.warning("%s", partial)
+        found.attrs["partial_view"] = partial
     logger.debug("checked %d workspaces: %d divergences", len(scope), len(found))
     return found
 
@@ -102,6 +107,27 @@ def format_report(found: pd.DataFrame) -> str:
     for number, row in enumerate(found.itertuples(index=False), start=1):
         lines.append(f"  {number}. {row.kind}: {row.explanation}")
     return "\n".join(lines)
+
+
+def _partial_view(conn: psycopg.Connection) -> str | None:
+    """Why this role may not see every ``cron.job`` entry, if it may not.
+
+    pg_cron's row security shows a role only the entries it owns; a role that
+    is neither superuser nor BYPASSRLS would report another role's entries as
+    missing and never see their orphans.
+    """
+    row = conn.execute(
+        "SELECT r.rolsuper OR r.rolbypassrls, c.relrowsecurity"
+        " FROM pg_roles r, pg_class c"
+        " WHERE r.rolname = current_user AND c.oid = 'cron.job'::regclass"
+    ).fetchone()
+    if row is None or row[0] or not row[1]:
+        return None
+    return (
+        f"role {conn.info.user!r} sees only its own cron.job entries (pg_cron's "
+        "row security): entries of other roles count as missing and their "
+        "orphans stay hidden; audit as a superuser or a role with BYPASSRLS"
+    )
 
 
 def _scope(conn: psycopg.Connection, schemas: Iterable[str] | None) -> list[str]:

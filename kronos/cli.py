@@ -80,6 +80,7 @@ def matrix(
     console = _console()
     try:
         resolved = [resolve_target(name) for name in targets]
+        _check_choices(faults, operations)
         # Not _database(): server.crash needs the embedded server itself.
         from kronos.backends import resolve_backend
 
@@ -103,8 +104,11 @@ def matrix(
     for row in result.table().itertuples(index=False):
         cells = [str(value) for value in row]
         styled = [
-            f"[red]{c}[/red]" if "DIVERGED" in c or "NOT FIRED" in c
-            else f"[yellow]{c}[/yellow]" if c.startswith("REFUSED") else c
+            f"[red]{c}[/red]"
+            if "DIVERGED" in c or "NOT FIRED" in c
+            else f"[yellow]{c}[/yellow]"
+            if c.startswith("REFUSED")
+            else c
             for c in cells[2:]
         ]
         table.add_row(cells[0], cells[1], *styled)
@@ -118,6 +122,20 @@ def matrix(
     else:
         console.print("[red]some target did not behave as declared[/red]")
         sys.exit(1)
+
+
+def _check_choices(faults: tuple[str, ...], operations: tuple[str, ...]) -> None:
+    """Refuse unknown fault points and operations before starting a server."""
+    from fault_injection import OPERATIONS, get_point
+    from kronos.errors import KronosUsageError
+
+    for fault in faults:
+        get_point(fault)
+    unknown = sorted(set(operations) - set(OPERATIONS))
+    if unknown:
+        raise KronosUsageError(
+            f"unknown operation(s) {', '.join(unknown)}; use {', '.join(OPERATIONS)}"
+        )
 
 
 @main.command()
@@ -157,9 +175,12 @@ def check(dsn: str, schemas: tuple[str, ...]) -> None:
             console.print(f"[dim]backend {backend.describe()}[/dim]")
         with psycopg.connect(dsn, autocommit=True) as conn:
             found = find_divergences(conn, schemas or None)
-    except (KronosError, psycopg.OperationalError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (KronosError, psycopg.Error) as exc:
+        raise click.ClickException(str(exc).strip()) from exc
 
+    partial = found.attrs.get("partial_view")
+    if partial:
+        console.print(f"[yellow]warning: {partial}[/yellow]")
     if found.empty:
         console.print("jobs and cron.job agree")
         return
@@ -167,8 +188,9 @@ def check(dsn: str, schemas: tuple[str, ...]) -> None:
     for column in ("kind", "workspace", "job_id", "jobname", "explanation"):
         table.add_column(column)
     for row in found.itertuples(index=False):
-        table.add_row(row.kind, row.workspace, str(row.job_id), row.jobname,
-                      row.explanation)
+        table.add_row(
+            row.kind, row.workspace, str(row.job_id), row.jobname, row.explanation
+        )
     console.print(table)
     sys.exit(1)
 
@@ -188,8 +210,15 @@ def lab(dsn: str | None, port: int, directory: str) -> None:
 
     console = _console()
     command = [
-        sys.executable, "-m", "jupyterlab", directory,
-        "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        directory,
+        "--no-browser",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")  # Jupyter refuses root without it

@@ -19,7 +19,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from kronos.errors import EndpointNotFound, InvalidJob, JobNotActive, JobNotFound
-from kronos.validation import validate_cron_expression, validate_time_zone
+from kronos.validation import (
+    check_text,
+    validate_cron_expression,
+    validate_time_zone,
+)
 from kronos.workspace import require_workspace
 
 __all__ = [
@@ -106,8 +110,7 @@ class JobSpec:
             )
         if not isinstance(self.name, str) or not self.name.strip():
             raise InvalidJob("a job needs a non-empty name")
-        if "\x00" in self.name:
-            raise InvalidJob("a job name cannot contain a NUL character")
+        check_text("job name", self.name, error=InvalidJob)
         if not isinstance(self.endpoint_id, int) or isinstance(self.endpoint_id, bool):
             raise InvalidJob(f"endpoint_id must be an integer: {self.endpoint_id!r}")
         _validate_payload(self.payload)
@@ -125,8 +128,7 @@ class JobSpec:
                 )
             if not isinstance(self.idempotency_key, str) or not self.idempotency_key:
                 raise InvalidJob("a DELAYED job needs an idempotency_key")
-            if "\x00" in self.idempotency_key:
-                raise InvalidJob("an idempotency_key cannot contain a NUL character")
+            check_text("idempotency_key", self.idempotency_key, error=InvalidJob)
         elif self.run_at is not None or self.idempotency_key is not None:
             raise InvalidJob(f"a {self.trigger} job takes no run_at or idempotency_key")
         return self
@@ -169,17 +171,23 @@ def _validate_payload(payload: object) -> None:
         json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"payload is not JSON: {exc}") from exc
-    if _has_nul(payload):
-        raise InvalidJob("payload cannot contain a NUL character (\\u0000)")
+    if _has_bad_text(payload):
+        raise InvalidJob(
+            "payload cannot contain a NUL character (\\u0000) or a lone surrogate"
+        )
 
 
-def _has_nul(value: object) -> bool:
+def _has_bad_text(value: object) -> bool:
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
         return "\x00" in value
     if isinstance(value, Mapping):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_has_bad_text(k) or _has_bad_text(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return any(_has_nul(item) for item in value)
+        return any(_has_bad_text(item) for item in value)
     return False
 
 

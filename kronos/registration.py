@@ -85,23 +85,32 @@ def unschedule(conn: psycopg.Connection, schema: str, job_id: int) -> bool:
 
     ``cron.unschedule(name)`` raises when the entry does not exist, and a job
     whose entry is already gone must still be cancellable, so the entry is
-    looked up first and a missing one is not an error. Any error from
-    ``cron.unschedule`` itself propagates. The caller holds the job row's lock,
-    so no other Kronos operation can remove the entry between the two
-    statements.
+    looked up first and a missing one is not an error. Any error from pg_cron
+    itself propagates. The caller holds the job row's lock, so no other Kronos
+    operation can remove the entry between the two statements.
+
+    The entry may belong to another role than the caller's (a job created by
+    the application, cancelled by an operator): ``cron.unschedule(name)`` only
+    finds the caller's own entries, so such an entry is removed by its job id,
+    which pg_cron allows a superuser and refuses anyone else with an error.
+    Skipping it instead would retire the job and leave its schedule firing.
     """
     name = cron_job_name(schema, job_id)
 
-    present = conn.execute(
-        "SELECT 1 FROM cron.job WHERE jobname = %s AND username = current_user",
+    rows = conn.execute(
+        "SELECT jobid, username = current_user FROM cron.job WHERE jobname = %s",
         [name],
-    ).fetchone()
-    if present is None:
+    ).fetchall()
+    if not rows:
         logger.debug("no cron entry %s to unschedule", name)
         return False
 
-    conn.execute("SELECT cron.unschedule(%s)", [name])
-    logger.debug("unscheduled %s", name)
+    for jobid, own in rows:
+        if own:
+            conn.execute("SELECT cron.unschedule(%s)", [name])
+        else:
+            conn.execute("SELECT cron.unschedule(%s::bigint)", [jobid])
+    logger.debug("unscheduled %s (%d entries)", name, len(rows))
     return True
 
 

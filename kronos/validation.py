@@ -10,13 +10,20 @@ in Python, before the first statement of an operation.
 from __future__ import annotations
 
 import re
+import unicodedata
 import zoneinfo
 from functools import lru_cache
 
-from kronos.errors import InvalidSchedule, InvalidTimeZone, InvalidWorkspace
+from kronos.errors import (
+    InvalidSchedule,
+    InvalidTimeZone,
+    InvalidWorkspace,
+    KronosUsageError,
+)
 
 __all__ = [
     "MAX_WORKSPACE_BYTES",
+    "check_text",
     "validate_cron_expression",
     "validate_time_zone",
     "validate_workspace_name",
@@ -61,6 +68,13 @@ _FIELDS = (
     ("day of week", 0, 7, {name: i for i, name in enumerate(_DAYS)}),
 )
 
+# pg_cron splits fields on any whitespace its C library knows, but not on
+# Unicode spaces, so anything beyond these characters is refused up front.
+_CRON_TEXT = re.compile(r"[0-9A-Za-z*,/\- ]+")
+
+# Names in the zoneinfo database that are not places.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+
 _ITEM = re.compile(r"^(?P<range>\*|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/(?P<step>[0-9]+))?$")
 
 
@@ -92,6 +106,13 @@ def validate_cron_expression(expression: object) -> str:
                 f"use one of {', '.join(sorted(_MACROS))}"
             )
         return expression
+
+    odd = next((char for char in text if not _CRON_TEXT.fullmatch(char)), None)
+    if odd is not None:
+        raise InvalidSchedule(
+            f"cron expression {expression!r} contains {odd!r}; use ASCII digits, "
+            "month and weekday names, '*', ',', '-', '/' and spaces only"
+        )
 
     fields = text.split()
     if len(fields) != 5:
@@ -159,9 +180,34 @@ def _number(
     return number
 
 
+def check_text(
+    label: str, value: str, *, error: type[KronosUsageError] = KronosUsageError
+) -> str:
+    """Refuse text PostgreSQL cannot store or a reader cannot see.
+
+    Lone surrogates cannot be encoded as UTF-8, NUL cannot be stored in
+    ``text``, and control or invisible format characters (a zero-width space)
+    make two names look the same.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{label} {value!r} is not valid Unicode text") from None
+    hidden = next(
+        (c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")),
+        None,
+    )
+    if hidden is not None:
+        raise error(
+            f"{label} {value!r} contains the invisible or control character "
+            f"U+{ord(hidden):04X}"
+        )
+    return value
+
+
 @lru_cache(maxsize=1)
 def _time_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - _NOT_ZONES
 
 
 def validate_time_zone(name: object) -> str:
@@ -184,14 +230,17 @@ def validate_workspace_name(name: object) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidWorkspace("workspace name must be a non-empty string")
+    check_text("workspace name", name, error=InvalidWorkspace)
+    if name != name.strip():
+        raise InvalidWorkspace(
+            f"workspace name {name!r} starts or ends with a space; trim it"
+        )
     size = len(name.encode("utf-8"))
     if size > MAX_WORKSPACE_BYTES:
         raise InvalidWorkspace(
             f"workspace name {name!r} is {size} bytes; the limit is "
             f"{MAX_WORKSPACE_BYTES} so that its pg_cron job names fit in 63 bytes"
         )
-    if any(ord(char) < 32 or ord(char) == 127 for char in name):
-        raise InvalidWorkspace(f"workspace name {name!r} contains a control character")
     if "%" in name:
         # psycopg reads every % of a composed query as a placeholder, quoted
         # identifiers included, so a schema name with % breaks each statement

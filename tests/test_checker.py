@@ -145,6 +145,37 @@ def test_the_checker_works_with_a_role_that_can_only_read(
         )
 
 
+def test_a_role_limited_by_row_security_is_told_its_view_is_partial(
+    kronos_dsn, kronos_observer, kronos_workspace, cron_job
+) -> None:
+    role = f"narrow_{uuid.uuid4().hex[:8]}"
+    ident = sql.Identifier(role)
+    ws = sql.Identifier(kronos_workspace)
+    for statement in (
+        "CREATE ROLE {role} LOGIN",
+        "GRANT USAGE ON SCHEMA cron, {ws} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {ws} TO {role}",
+        "GRANT SELECT ON public.workspaces TO {role}",
+    ):
+        kronos_observer.execute(sql.SQL(statement).format(ws=ws, role=ident))
+    try:
+        with psycopg.connect(kronos_dsn, user=role, autocommit=True) as reader:
+            found = find_divergences(reader, [kronos_workspace])
+
+        # The superuser's entry is invisible to this role, so it looks missing,
+        # and the result says why it cannot be trusted.
+        assert list(found["kind"]) == ["missing schedule"]
+        assert "row security" in found.attrs["partial_view"]
+        assert (
+            "partial_view"
+            not in find_divergences(kronos_observer, [kronos_workspace]).attrs
+        )
+    finally:
+        kronos_observer.execute(
+            sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(ident)
+        )
+
+
 class _CountingConnection(psycopg.Connection):
     """Counts the statements sent, to show the checker's cost is flat."""
 

@@ -183,3 +183,13 @@ def test_the_update_passes_through_both_pg_cron_points_once(
 def test_every_catalogued_point_names_what_it_strikes() -> None:
     for point in POINTS.values():
         assert point.description and point.mechanism and point.strikes
+
+
+def test_arming_an_armed_point_again_is_refused(kronos_faults) -> None:
+    """Two armings would share one hook and hit counter; the second is refused."""
+    with kronos_faults.arm("schedule.before") as first:
+        with pytest.raises(KronosUsageError, match="already armed"):
+            kronos_faults.arm("schedule.before")
+        assert first.armed
+    with kronos_faults.arm("schedule.before") as again:
+        assert again.armed

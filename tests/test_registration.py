@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -107,3 +108,43 @@ def test_pg_cron_itself_runs_the_command(
     finally:
         kronos_observer.execute("SELECT cron.unschedule('kronos_probe_tick')")
     assert queued >= 1, "pg_cron did not run the job's command within 75 s"
+
+
+def test_a_superuser_cancels_a_job_another_role_scheduled(
+    kronos_dsn: str,
+    kronos_observer: psycopg.Connection,
+    kronos_workspace: str,
+    kronos_endpoint,
+    kronos_check,
+) -> None:
+    """cron.unschedule(name) finds only the caller's own entries; the entry of
+    the role that created the job must still go, or it keeps firing."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    ident = psycopg.sql.Identifier(role)
+    ws = psycopg.sql.Identifier(kronos_workspace)
+    for statement in (
+        "CREATE ROLE {role} LOGIN",
+        "GRANT USAGE ON SCHEMA cron, {ws} TO {role}",
+        "GRANT ALL ON ALL TABLES IN SCHEMA {ws} TO {role}",
+    ):
+        kronos_observer.execute(psycopg.sql.SQL(statement).format(role=ident, ws=ws))
+    try:
+        with psycopg.connect(kronos_dsn, user=role, autocommit=True) as app:
+            job = AtomicTarget().create_job(
+                app,
+                kronos_workspace,
+                JobSpec.cron(kronos_endpoint.id, "r", "0 3 * * *"),
+            )
+        owner = kronos_observer.execute(
+            "SELECT username FROM cron.job WHERE jobname = %s",
+            [registration.cron_job_name(kronos_workspace, job.id)],
+        ).fetchone()[0]
+        assert owner == role
+
+        AtomicTarget().cancel_job(kronos_observer, kronos_workspace, job.id)
+
+        kronos_check([kronos_workspace])
+    finally:
+        kronos_observer.execute(
+            psycopg.sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(ident)
+        )

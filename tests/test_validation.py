@@ -53,6 +53,9 @@ def test_valid_cron_expressions_are_accepted(expression: str) -> None:
         ("10 seconds", "has 2 fields"),
         ("* * * * foo", "day of week value 'foo'"),
         (None, "must be a string"),
+        ("0\u00a03 * * *", "contains '.xa0'"),
+        ("0 3\u2003* * *", "contains '.u2003'"),
+        ("0 3 * *\n*", "contains '.n'"),
     ],
 )
 def test_invalid_cron_expressions_name_the_problem(
@@ -64,7 +67,7 @@ def test_invalid_cron_expressions_name_the_problem(
 
 def test_time_zones_come_from_the_iana_database() -> None:
     assert validate_time_zone("Europe/Paris") == "Europe/Paris"
-    for bad in ("Mars/Olympus", "", "../etc/passwd", None):
+    for bad in ("Mars/Olympus", "", "../etc/passwd", None, "localtime", "Factory"):
         with pytest.raises(InvalidTimeZone, match="unknown time zone"):
             validate_time_zone(bad)
 
@@ -80,6 +83,10 @@ def test_workspace_names_must_fit_a_pg_cron_job_name() -> None:
         ("pg_temp", "reserved"),
         ("cron", "reserved"),
         ("tab\there", "control character"),
+        ("zero\u200bwidth", "U\\+200B"),
+        ("next\x85line", "U\\+0085"),
+        (" ", "starts or ends with a space"),
+        ("lone\ud800", "not valid Unicode"),
     ]:
         with pytest.raises(InvalidWorkspace, match=complaint):
             validate_workspace_name(bad)

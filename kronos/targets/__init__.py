@@ -81,6 +81,11 @@ def resolve_target(spec: str | Target) -> Target:
             f"cannot import module {module_name!r} for target {spec!r}: {exc}; "
             "is it installed or on PYTHONPATH?"
         ) from exc
+    except Exception as exc:  # the user's module failed while importing
+        raise UnknownTarget(
+            f"importing {module_name!r} for target {spec!r} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
     obj: object = module
     for part in attribute.split("."):
@@ -91,7 +96,13 @@ def resolve_target(spec: str | Target) -> Target:
                 f"module {module_name!r} has no attribute {attribute!r}"
             ) from exc
     if isinstance(obj, type):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise UnknownTarget(
+                f"creating target {spec!r} raised {type(exc).__name__}: {exc}; a "
+                "target class must take no arguments (or name an instance)"
+            ) from exc
     return _checked(obj, spec)
 
 
