@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -49,6 +50,10 @@ _TEMPLATE_FORMAT = 2
 _PG_TOOLS = ("initdb", "pg_ctl", "postgres")
 _CONF_NAME = "kronos.conf"
 _LOG_TAIL_LINES = 20
+# An owner-less work or socket directory this old, with no live server in it,
+# was left by a process killed while it set the directory up.
+_ABANDONED_AGE = 600.0
+_OWNER_FORMAT = "kronos-owner 1"
 # 1 MB WAL segments keep each copy of the cached cluster 15 MB smaller.
 _INITDB_OPTIONS = (
     f"-A trust -U {SUPERUSER} --no-sync -E UTF8 --locale=C --wal-segsize=1"
@@ -134,6 +139,10 @@ class EmbeddedServer:
         self._last_workdir: Path | None = None
         self._socket_dir: Path | None = None
         self._port: int | None = None
+        # Bound (never listening) to the server's port for as long as the server
+        # exists, so another process choosing a port sees it taken even while
+        # the server is down between crash() and restart().
+        self._port_guard: socket.socket | None = None
         self.used_cache = False
 
     # -- the addresses and places the caller needs --------------------------
@@ -226,6 +235,9 @@ class EmbeddedServer:
                     if path is not None:
                         shutil.rmtree(path, ignore_errors=True)
                 self._workdir = None
+                if self._port_guard is not None:
+                    self._port_guard.close()
+                    self._port_guard = None
                 with _LIVE_LOCK:
                     _LIVE.discard(self)
 
@@ -257,14 +269,28 @@ class EmbeddedServer:
             if self.is_running():
                 self._shutdown("fast")
 
-            self._launch(self.data_dir, self.log_path, self.port)
+            # The port is held by _port_guard, but a process whose own check
+            # binds it for an instant (or a server that does not check) can be
+            # in the way; a brief holder is waited out, a lasting one reported.
+            for attempt in range(3):
+                try:
+                    self._launch(self.data_dir, self.log_path, self.port)
+                    break
+                except _PortInUse:
+                    if attempt == 2:
+                        raise
+                    logger.info("port %d is in use; retrying", self.port)
+                    time.sleep(0.2)
             logger.info("restarted the server on port %d", self.port)
 
     def is_running(self) -> bool:
         if self._workdir is None:
             return False
         pid = _postmaster_pid(self.data_dir)
-        return pid is not None and _process_alive(pid)
+        if pid is None or not _process_alive(pid):
+            return False
+        # A stale postmaster.pid may name a pid since reused by another process.
+        return _names_data_dir(pid, self.data_dir) is not False
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
@@ -298,13 +324,15 @@ class EmbeddedServer:
         tmp = _default_parent(self._server_user)
         parent = self._workdir_parent or tmp
         self._check_reachable(parent)
-        _reap_abandoned(parent)
+        _reap_abandoned(parent, tmp)
+        # Each directory gets its owner file right after it is made, so that
+        # _reap_abandoned in a later run can judge it if this process dies
+        # unclean; one killed in between is left to the age rule.
         self._socket_dir = self._private_dir(tmp, "sock-")
+        _write_owner(self._socket_dir, self._socket_dir, None)
         self._workdir = self._private_dir(parent, "pg-")
         self._last_workdir = self._workdir
-        # Read by _reap_abandoned in later runs if this process dies unclean.
-        owner = f"{_process_identity(os.getpid())}\n{self._socket_dir}\n"
-        (self._workdir / "owner").write_text(owner)
+        _write_owner(self._workdir, self._socket_dir, self._workdir)
 
         template, self.used_cache = self._ensure_template(major)
         _copy_tree(template / "data", self.data_dir)
@@ -312,11 +340,14 @@ class EmbeddedServer:
             _chown_tree(self.data_dir, self._server_user)
 
         for attempt in range(3):
+            self._port_guard = _reserve_port()
+            self._port = int(self._port_guard.getsockname()[1])
             try:
-                self._port = _free_port()
                 self._launch(self.data_dir, self.log_path, self._port)
                 break
             except _PortInUse:
+                self._port_guard.close()
+                self._port_guard = None
                 if attempt == 2:
                     raise
                 logger.info("port %d was taken; trying another", self._port)
@@ -372,16 +403,18 @@ class EmbeddedServer:
         with open(data / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(f"\ninclude_if_exists = '{_CONF_NAME}'\n")
 
-        self._launch(data, log_path, _free_port())
-        try:
-            port = _read_port(data)
-            with psycopg.connect(_dsn(port, "postgres"), autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {DB_NAME}")
-                conn.execute(f"CREATE DATABASE {NOCRON_DB_NAME}")
-            with psycopg.connect(_dsn(port, DB_NAME), autocommit=True) as conn:
-                conn.execute("CREATE EXTENSION pg_cron")
-        finally:
-            self._pg_ctl(data, "stop", "-m", "fast")
+        with _reserve_port() as guard:
+            self._launch(data, log_path, int(guard.getsockname()[1]))
+            try:
+                port = _read_port(data)
+                dsn = _dsn(port, "postgres")
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"CREATE DATABASE {DB_NAME}")
+                    conn.execute(f"CREATE DATABASE {NOCRON_DB_NAME}")
+                with psycopg.connect(_dsn(port, DB_NAME), autocommit=True) as conn:
+                    conn.execute("CREATE EXTENSION pg_cron")
+            finally:
+                self._pg_ctl(data, "stop", "-m", "fast")
         (data / _CONF_NAME).unlink()
         log_path.unlink(missing_ok=True)
 
@@ -442,6 +475,15 @@ class EmbeddedServer:
     def _kill_postmaster(self) -> None:
         pid = _postmaster_pid(self.data_dir)
         if pid is None:
+            return
+        # postmaster.pid outlives a killed server, and its pid may since belong
+        # to another process: kill only a postmaster of this data directory.
+        if not _names_data_dir(pid, self.data_dir):
+            logger.warning(
+                "pid %d in %s/postmaster.pid is not this server; not killing it",
+                pid,
+                self.data_dir,
+            )
             return
         try:
             os.kill(pid, signal.SIGKILL)
@@ -621,40 +663,275 @@ def _process_identity(pid: int) -> str:
     return f"{pid} {stat.rsplit(')', 1)[-1].split()[19]}"
 
 
-def _reap_abandoned(parent: Path) -> None:
+def _read_or(path: str, default: str = "?") -> str:
+    try:
+        return Path(path).read_text().strip() or default
+    except OSError:
+        return default
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "?"
+
+
+def _write_owner(directory: Path, socket_dir: Path, workdir: Path | None) -> None:
+    """Record who owns a work or socket directory, for _reap_abandoned.
+
+    Written to a temporary name and renamed, so a reader sees the whole file
+    or none. The pid namespace and boot id say whether the pid can be judged
+    from another process at all.
+    """
+    pid, start = _process_identity(os.getpid()).split()
+    lines = [
+        _OWNER_FORMAT,
+        f"pid {pid}",
+        f"start {start}",
+        f"pidns {_pid_namespace()}",
+        f"boot {_read_or('/proc/sys/kernel/random/boot_id')}",
+        f"socket_dir {socket_dir}",
+    ]
+    if workdir is not None:
+        lines.append(f"workdir {workdir}")
+    temporary = directory / f".owner.{os.getpid()}.tmp"
+    temporary.write_text("\n".join(lines) + "\n")
+    os.rename(temporary, directory / "owner")
+
+
+def _read_owner(directory: Path) -> dict[str, str] | None:
+    """The owner record of a directory; None when missing or not understood.
+
+    Raises PermissionError when the directory is another user's.
+    """
+    try:
+        text = (directory / "owner").read_text()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+    lines = text.splitlines()
+    if not lines:
+        return None
+    if lines[0] != _OWNER_FORMAT:
+        # The format before the versioned one: "<pid> <start>" then the socket
+        # directory. Only its identity is used, to recognise a live owner.
+        if len(lines) == 2 and text.endswith("\n"):
+            return {"legacy": lines[0], "socket_dir": lines[1]}
+        return None
+    record = dict(line.split(" ", 1) for line in lines[1:] if " " in line)
+    needed = ("pid", "start", "pidns", "boot", "socket_dir")
+    if not text.endswith("\n") or not all(k in record for k in needed):
+        return None
+    return record
+
+
+def _owner_state(owner: dict[str, str] | None) -> str:
+    """``alive``, ``dead`` or ``unknown``: only ``dead`` allows reaping by owner.
+
+    Whatever cannot be checked from here (another pid namespace, an owner record
+    this version does not understand, a process we may not inspect) is unknown,
+    never dead: a wrong "dead" would stop a server in use.
+    """
+    if owner is None:
+        return "unknown"
+    if "legacy" in owner:
+        pid = owner["legacy"].split()[0]
+        if pid.isdigit() and _process_identity(int(pid)) == owner["legacy"]:
+            return "alive"
+        return "unknown"
+
+    boot = _read_or("/proc/sys/kernel/random/boot_id")
+    if "?" not in (boot, owner["boot"]) and boot != owner["boot"]:
+        return "dead"  # started before the last reboot
+    namespace = _pid_namespace()
+    if "?" in (namespace, owner["pidns"]) or namespace != owner["pidns"]:
+        return "unknown"
+    if not owner["pid"].isdigit():
+        return "unknown"
+
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except PermissionError:
+        pass
+    now = _process_identity(pid).split()[1]
+    if now == "?" or owner["start"] == "?":
+        return "unknown"
+    return "alive" if now == owner["start"] else "dead"
+
+
+def _server_state(data: Path, socket_dirs: list[Path]) -> tuple[str, int | None]:
+    """Whether a server runs on ``data``: ``none``, ``ours`` (with its pid) or
+    ``unknown`` (something answers, but not a postmaster we can see and verify).
+    """
+    pid = _postmaster_pid(data)
+    if pid is not None and _process_alive(pid):
+        names = _names_data_dir(pid, data)
+        if names:
+            return "ours", pid
+        if names is None:
+            return "unknown", None
+
+    # Seen from another pid namespace the postmaster's pid means nothing here,
+    # but its socket still answers.
+    pidfile_dirs = _pidfile_line(data, 4)
+    if pidfile_dirs:
+        socket_dirs = [*socket_dirs, Path(pidfile_dirs.split(",")[0])]
+    if any(_socket_answers(directory) for directory in socket_dirs):
+        return "unknown", None
+    return "none", None
+
+
+def _socket_answers(directory: Path) -> bool:
+    try:
+        sockets = [p for p in directory.glob(".s.PGSQL.*") if p.suffix != ".lock"]
+    except OSError:
+        return False
+    for path in sockets:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                continue
+            return True
+    return False
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _stop_orphan(pid: int, data: Path) -> bool:
+    """Stop an abandoned postmaster; True once it is gone."""
+    logger.info("stopping server %s left by a process that died", data)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGQUIT)
+    for _ in range(100):
+        if not _process_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _reap_abandoned(parent: Path, socket_parent: Path) -> None:
     """Stop and remove servers whose owning process died without cleaning up.
 
     A process killed with SIGKILL runs no atexit hook; without this its
     postmaster would run on and its data stay, in RAM when under /dev/shm.
+    A directory is removed only when no server we cannot account for runs in
+    it: its owner is provably dead, or it has no owner record and is older
+    than _ABANDONED_AGE, and either way no live postmaster is left in it.
+    A failure here is logged and never stops a start.
     """
-    for workdir in parent.glob("kronos-pg-*"):
+    referenced: set[str] = set()
+    workdirs = {p for base in (parent, socket_parent) for p in base.glob("kronos-pg-*")}
+    for workdir in sorted(workdirs):
         try:
-            identity, socket_dir = (workdir / "owner").read_text().splitlines()
-        except (OSError, ValueError):
-            continue  # not ours to judge, or still being set up
-        pid = int(identity.split()[0]) if identity.split()[0].isdigit() else 0
-        if pid and _process_identity(pid) == identity:
-            continue
+            socket_dir = _reap_workdir(workdir)
+        except OSError:
+            logger.debug("could not judge %s", workdir, exc_info=True)
+            socket_dir = _uid_marker(workdir)
+        if socket_dir:
+            referenced.add(socket_dir)
 
-        data = workdir / "data"
-        postmaster = _postmaster_pid(data)
-        if postmaster is not None and _process_alive(postmaster):
-            try:
-                cmdline = Path(f"/proc/{postmaster}/cmdline").read_bytes()
-            except OSError:
-                cmdline = b""
-            if str(data).encode() not in cmdline:
-                continue
-            logger.info("stopping server %s left by dead process %d", data, pid)
-            with contextlib.suppress(OSError):
-                os.kill(postmaster, signal.SIGQUIT)
-            for _ in range(100):
-                if not _process_alive(postmaster):
-                    break
-                time.sleep(0.05)
-        shutil.rmtree(workdir, ignore_errors=True)
-        if Path(socket_dir).name.startswith("kronos-sock-"):
-            shutil.rmtree(socket_dir, ignore_errors=True)
+    for socket_dir in socket_parent.glob("kronos-sock-*"):
+        try:
+            _reap_socket_dir(socket_dir, referenced)
+        except OSError:
+            logger.debug("could not judge %s", socket_dir, exc_info=True)
+
+
+def _uid_marker(path: Path) -> str:
+    """Stands for every socket directory of the user owning ``path``.
+
+    A work directory and its socket directory belong to the same user, so a
+    work directory whose socket directory is unknown protects all of that user's.
+    """
+    try:
+        return f"uid:{path.lstat().st_uid}"
+    except OSError:
+        return "*"
+
+
+def _reap_workdir(workdir: Path) -> str | None:
+    """Reap one work directory if abandoned; return what it names as socket dir.
+
+    A work directory that stays returns its socket directory, or a marker for
+    all of its user's when that is unknown, so that one is kept too.
+    """
+    if workdir.is_symlink() or not workdir.is_dir():
+        return None
+    owner = _read_owner(workdir)
+    state = _owner_state(owner)
+    socket_dir = owner["socket_dir"] if owner else None
+    if state == "alive":
+        return socket_dir
+    if state == "unknown":
+        if owner is not None and "legacy" not in owner:
+            return socket_dir  # a live owner we cannot see, as in a container
+        if not _older_than(workdir, _ABANDONED_AGE):
+            return socket_dir or _uid_marker(workdir)
+
+    data = workdir / "data"
+    sockets = [Path(socket_dir)] if socket_dir else []
+    server, pid = _server_state(data, sockets)
+    if server == "unknown" or (server == "ours" and state != "dead"):
+        return socket_dir or _uid_marker(workdir)
+    if server == "ours":
+        assert pid is not None
+        if not _stop_orphan(pid, data):
+            return socket_dir or _uid_marker(workdir)
+
+    logger.info("removing abandoned %s", workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if socket_dir and Path(socket_dir).name.startswith("kronos-sock-"):
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    return None
+
+
+def _reap_socket_dir(socket_dir: Path, referenced: set[str]) -> None:
+    """Remove a socket directory nobody uses, as no work directory accounts for it.
+
+    A socket directory that a remaining work directory names is kept, and so is
+    every one while some work directory could not be read.
+    """
+    if {"*", str(socket_dir), _uid_marker(socket_dir)} & referenced:
+        return
+    if socket_dir.is_symlink() or not socket_dir.is_dir():
+        return
+    owner = _read_owner(socket_dir)
+    state = _owner_state(owner)
+    if state == "alive":
+        return
+    if state == "unknown":
+        if owner is not None and "legacy" not in owner:
+            return
+        if not _older_than(socket_dir, _ABANDONED_AGE):
+            return
+    if owner is not None and "workdir" in owner and Path(owner["workdir"]).exists():
+        return  # that work directory, elsewhere, is judged by its own starts
+
+    for lock in socket_dir.glob(".s.PGSQL.*.lock"):
+        # The lock file names the postmaster's pid and its data directory.
+        lines = lock.read_text(errors="replace").splitlines()
+        if len(lines) >= 2 and lines[0].strip().isdigit():
+            pid = int(lines[0])
+            if (
+                _process_alive(pid)
+                and _names_data_dir(pid, Path(lines[1])) is not False
+            ):
+                return
+    if _socket_answers(socket_dir):
+        return
+
+    logger.info("removing abandoned %s", socket_dir)
+    shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _cache_base() -> Path:
@@ -796,11 +1073,66 @@ def _dsn(port: int, dbname: str) -> str:
     )
 
 
-def _free_port() -> int:
-    # The port is free now; _PortInUse covers losing it before the server binds.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _port_range() -> tuple[int, int]:
+    """Ports to choose from: below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) is soon handed
+    to some client socket or server elsewhere, so it would not stay free while
+    the server is down between crash() and restart().
+    """
+    try:
+        low, high = map(
+            int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        )
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low - 1 - 20000 >= 1000:
+        return 20000, low - 1
+    if 65535 - high >= 1000:
+        return high + 1, 65535
+    return max(1024, low - 2000), low - 1
+
+
+def _reserve_port(attempts: int = 50) -> socket.socket:
+    """A socket bound to a free port on 127.0.0.1 that holds it for the server.
+
+    It is bound without SO_REUSEADDR, which fails while anything else holds the
+    port (another server's guard included), and then marked SO_REUSEADDR, so
+    that PostgreSQL, which binds with SO_REUSEADDR, can still listen on it.
+    """
+    low, high = _port_range()
+    for _ in range(attempts):
+        port = random.randint(low, high)
+        guard = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            guard.bind(("127.0.0.1", port))
+            guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        except OSError:
+            guard.close()
+            continue
+        return guard
+    raise EnvironmentProblem(
+        f"No free port on 127.0.0.1 between {low} and {high} after {attempts} "
+        "tries; stop some servers or widen net.ipv4.ip_local_port_range's gap."
+    )
+
+
+def _pidfile_line(data: Path, index: int) -> str | None:
+    try:
+        return (data / "postmaster.pid").read_text().splitlines()[index].strip()
+    except (OSError, IndexError):
+        return None
+
+
+def _names_data_dir(pid: int, data: Path) -> bool | None:
+    """Whether process ``pid`` is a server on ``data``; None when unreadable."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    return str(data).encode() in argv
 
 
 def _read_port(data: Path) -> int:

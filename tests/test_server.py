@@ -182,11 +182,34 @@ def test_crash_then_restart_keeps_committed_data() -> None:
         assert "database system was interrupted" in server.log_path.read_text()
 
 
+def test_the_port_stays_reserved_outside_the_ephemeral_range() -> None:
+    """The port is below the ephemeral range and stays held while crashed."""
+    low, high = map(
+        int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+    with EmbeddedServer() as server:
+        port = server.port
+        server.crash()
+        # A process choosing a free port, as another server's start does, finds
+        # the crashed server's port taken.
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+        server.restart()
+
+        assert server.port == port
+        assert not low <= port <= high
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_failed_restart_shows_the_server_log() -> None:
     """A server that cannot start raises EnvironmentProblem with its log's tail."""
     with EmbeddedServer() as server:
         server.crash()
         with socket.socket() as squatter:
+            # SO_REUSEADDR, as most servers set it, passes the server's own
+            # guard on the port; listening then keeps PostgreSQL out.
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", server.port))
             squatter.listen()
             with pytest.raises(EnvironmentProblem) as failure:
@@ -305,6 +328,60 @@ def test_a_server_left_by_a_killed_process_is_reaped(portable_tree: Path) -> Non
     assert _gone(started["pid"])
     assert not Path(started["data_dir"]).exists()
     assert not Path(started["socket_dir"]).exists()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the server user can enter when the suite runs as root."""
+    path = Path(tempfile.mkdtemp(prefix="kronos-test-shared-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_old_ownerless_directory_is_reaped_and_a_live_server_never(
+    shared_dir: Path,
+) -> None:
+    """Owner-less leftovers go once old and idle; a running server always stays.
+
+    The live server's directories are aged and stripped of their owner records,
+    the worst case a reaper can meet: its running postmaster alone protects it.
+    """
+    tmp_path = shared_dir
+    old = time.time() - 3600
+    left_work = tmp_path / "kronos-pg-leftover"
+    (left_work / "data").mkdir(parents=True)
+    left_socket = tmp_path / "kronos-sock-leftover"
+    left_socket.mkdir()
+    young_socket = tmp_path / "kronos-sock-young"
+    young_socket.mkdir()
+    for path in (left_work / "data", left_work, left_socket):
+        os.utime(path, (old, old))
+
+    with EmbeddedServer(workdir=tmp_path) as server:
+        workdir = server.data_dir.parent
+        (workdir / "owner").unlink()
+        (server.socket_dir / "owner").unlink()
+        for path in (workdir, server.socket_dir):
+            os.utime(path, (old, old))
+
+        kronos.server._reap_abandoned(tmp_path, server.socket_dir.parent)
+        kronos.server._reap_abandoned(tmp_path, tmp_path)
+
+        assert server.is_running()
+        assert server.data_dir.is_dir() and server.socket_dir.is_dir()
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # A live owner also protects a crashed server, whatever its age.
+        kronos.server._write_owner(workdir, server.socket_dir, workdir)
+        server.crash()
+        kronos.server._reap_abandoned(tmp_path, server.socket_dir.parent)
+        assert server.data_dir.is_dir() and server.socket_dir.is_dir()
+        server.restart()
+
+    assert not left_work.exists()
+    assert not left_socket.exists()
+    assert young_socket.is_dir()
 
 
 def test_missing_binaries_name_the_debian_packages(
