@@ -43,8 +43,8 @@ settings.register_profile(
 )
 settings.register_profile(
     "ci",
-    max_examples=20,
-    stateful_step_count=10,
+    max_examples=50,
+    stateful_step_count=15,
     derandomize=True,
     deadline=None,
     print_blob=True,
