@@ -190,6 +190,14 @@ class FaultInjector:
         # the first, so it is refused.
         self._live: set[str] = set()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random choices (``commit.ack_lost``'s cut) from ``seed``.
+
+        A search that replays a sequence, as Hypothesis does when it shrinks,
+        needs the same faults to end the same way each time.
+        """
+        self._rng.seed(seed)
+
     def connect(self, dsn: str | None = None) -> FaultyConnection:
         """An autocommit connection on which client-side points can be armed."""
         conn = FaultyConnection.connect(dsn or self.dsn, autocommit=True)

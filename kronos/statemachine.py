@@ -125,8 +125,13 @@ class _Session:
     @property
     def injector(self) -> FaultInjector:
         if self._injector is None:
-            self._injector = FaultInjector(self.dsn, server=self.server)
+            self._injector = FaultInjector(self.dsn, server=self.server, seed=0)
         return self._injector
+
+    def start_example(self) -> None:
+        """Make this example's fault outcomes repeatable when it is replayed."""
+        if self._injector is not None:
+            self._injector.reseed(0)
 
     @property
     def conn(self) -> FaultyConnection:
@@ -307,6 +312,7 @@ class JobLifecycle(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        self._session.start_example()
         self.model = LifecycleModel()
         self.steps = 0
         # How the last job operation ended, for a replay to show.
