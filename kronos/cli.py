@@ -74,13 +74,13 @@ def matrix(
 ) -> None:
     """Run every operation under every fault point through each target."""
     from fault_injection import OPERATIONS
-    from kronos.matrix import NO_FAULT, run_matrix
+    from kronos.matrix import NO_FAULT, check_choices, run_matrix
     from kronos.targets import resolve_target
 
     console = _console()
     try:
         resolved = [resolve_target(name) for name in targets]
-        _check_choices(faults, operations)
+        check_choices(faults, operations)
         # Not _database(): server.crash needs the embedded server itself.
         from kronos.backends import resolve_backend
 
@@ -122,20 +122,6 @@ def matrix(
     else:
         console.print("[red]some target did not behave as declared[/red]")
         sys.exit(1)
-
-
-def _check_choices(faults: tuple[str, ...], operations: tuple[str, ...]) -> None:
-    """Refuse unknown fault points and operations before starting a server."""
-    from fault_injection import OPERATIONS, get_point
-    from kronos.errors import KronosUsageError
-
-    for fault in faults:
-        get_point(fault)
-    unknown = sorted(set(operations) - set(OPERATIONS))
-    if unknown:
-        raise KronosUsageError(
-            f"unknown operation(s) {', '.join(unknown)}; use {', '.join(OPERATIONS)}"
-        )
 
 
 @main.command()

@@ -90,8 +90,10 @@ class Cell:
         """A short text for one cell of the printed table."""
         if self.refused:
             return f"REFUSED: {self.error}"
-        outcome = self.outcome if self.sqlstate is None else (
-            f"{self.outcome} ({self.sqlstate})"
+        outcome = (
+            self.outcome
+            if self.sqlstate is None
+            else (f"{self.outcome} ({self.sqlstate})")
         )
         if self.outcome == "unknown":
             outcome += f" -> {self.resolved or 'unresolved'}"
@@ -166,6 +168,18 @@ class MatrixResult:
         return all(passed for passed, _ in self.verdicts().values())
 
 
+def check_choices(faults: Sequence[str], operations: Sequence[str]) -> None:
+    """Refuse unknown fault points and operations, naming the known ones."""
+    for fault in faults:
+        if fault != NO_FAULT:
+            get_point(fault)
+    unknown = sorted(set(operations) - set(OPERATIONS))
+    if unknown:
+        raise KronosUsageError(
+            f"unknown operation(s) {', '.join(unknown)}; use {', '.join(OPERATIONS)}"
+        )
+
+
 def applicable_faults(operation: str, faults: Sequence[str]) -> list[str]:
     """The faults among ``faults`` that can strike ``operation``."""
     return [
@@ -193,14 +207,7 @@ def run_matrix(
     ``seed`` makes the random choices of ``commit.ack_lost`` repeatable.
     """
     chosen = [NO_FAULT, *POINTS] if faults is None else list(faults)
-    for fault in chosen:
-        if fault != NO_FAULT:
-            get_point(fault)
-    unknown = sorted(set(operations) - set(OPERATIONS))
-    if unknown:
-        raise KronosUsageError(
-            f"unknown operation(s) {unknown}; use {', '.join(OPERATIONS)}"
-        )
+    check_choices(chosen, operations)
 
     run_id = uuid.uuid4().hex[:6]
     cells = []

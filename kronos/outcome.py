@@ -29,8 +29,6 @@ __all__ = ["Outcome", "resolve_outcome", "run_operation"]
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("ok", "failed", "unknown")
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -101,9 +99,7 @@ def run_operation(conn: psycopg.Connection, call: Callable[[], Any]) -> Outcome:
     return outcome
 
 
-def resolve_outcome(
-    outcome: Outcome, dsn: str, *, timeout: float = 30.0
-) -> Outcome:
+def resolve_outcome(outcome: Outcome, dsn: str, *, timeout: float = 30.0) -> Outcome:
     """An unknown outcome with ``resolved`` filled in from ``pg_xact_status``.
 
     The backend that lost its client may still be finishing (PostgreSQL

@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from fault_injection import POINTS
-from kronos.validation import MAX_WORKSPACE_BYTES
+from kronos.validation import DAYS, MACROS, MAX_WORKSPACE_BYTES, MONTHS
 
 __all__ = [
     "IN_PROCESS_EXCLUDED",
@@ -115,32 +115,9 @@ def invalid_workspace_names() -> st.SearchStrategy[str]:
     return st.one_of(too_long, with_control, reserved)
 
 
-_MACROS = (
-    "@yearly",
-    "@annually",
-    "@monthly",
-    "@weekly",
-    "@daily",
-    "@midnight",
-    "@hourly",
-)
-_MONTHS = (
-    "jan",
-    "feb",
-    "mar",
-    "apr",
-    "may",
-    "jun",
-    "jul",
-    "aug",
-    "sep",
-    "oct",
-    "nov",
-    "dec",
-)
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_MACROS = tuple(sorted(MACROS))
 # (lowest, highest, names) of minute, hour, day of month, month, day of week
-_FIELDS = ((0, 59, ()), (0, 23, ()), (1, 31, ()), (1, 12, _MONTHS), (0, 7, _DAYS))
+_FIELDS = ((0, 59, ()), (0, 23, ()), (1, 31, ()), (1, 12, MONTHS), (0, 7, DAYS))
 
 
 @st.composite

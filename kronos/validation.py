@@ -22,7 +22,10 @@ from kronos.errors import (
 )
 
 __all__ = [
+    "DAYS",
+    "MACROS",
     "MAX_WORKSPACE_BYTES",
+    "MONTHS",
     "check_text",
     "validate_cron_expression",
     "validate_time_zone",
@@ -39,11 +42,11 @@ _RESERVED_SCHEMAS = frozenset(
     {"public", "cron", "information_schema", "fault_injection", "kronos"}
 )
 
-_MACROS = frozenset(
+MACROS = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 )
 
-_MONTHS = [
+MONTHS = (
     "jan",
     "feb",
     "mar",
@@ -56,16 +59,16 @@ _MONTHS = [
     "oct",
     "nov",
     "dec",
-]
-_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+)
+DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 # (field name, lowest, highest, names that stand for numbers)
 _FIELDS = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
-    ("month", 1, 12, {name: i + 1 for i, name in enumerate(_MONTHS)}),
-    ("day of week", 0, 7, {name: i for i, name in enumerate(_DAYS)}),
+    ("month", 1, 12, {name: i + 1 for i, name in enumerate(MONTHS)}),
+    ("day of week", 0, 7, {name: i for i, name in enumerate(DAYS)}),
 )
 
 # pg_cron splits fields on any whitespace its C library knows, but not on
@@ -100,10 +103,10 @@ def validate_cron_expression(expression: object) -> str:
     if text.startswith("@"):
         # pg_cron 1.4 matches macros case-sensitively: "@DAILY" is refused by
         # cron.schedule, so it is refused here too.
-        if text not in _MACROS:
+        if text not in MACROS:
             raise InvalidSchedule(
                 f"cron expression {expression!r}: unknown macro; "
-                f"use one of {', '.join(sorted(_MACROS))}"
+                f"use one of {', '.join(sorted(MACROS))}"
             )
         return expression
 
